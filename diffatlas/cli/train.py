@@ -1,0 +1,19 @@
+"""``python -m diffatlas.train``: fit the joint image-mask denoiser (see configs/train.yaml)."""
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from diffatlas import pipeline
+from diffatlas.cli import CONFIG_PATH, to_plain
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> None:
+    path = pipeline.train(to_plain(cfg))
+    logging.getLogger(__name__).info("checkpoint: %s", path)
+
+
+if __name__ == "__main__":
+    main()
