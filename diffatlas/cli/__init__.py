@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,3 +15,15 @@ CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "configs")
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain dicts and lists (what checkpoints and the pipeline take)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def run_or_explain(func: Callable[[], Any]) -> Any:
+    """Run an entry point's work; turn the errors a user can fix (missing files, bad settings) into a one-line
+    message and exit status 1 instead of a traceback. Set ``DIFFATLAS_DEBUG=1`` to see the traceback."""
+    try:
+        return func()
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        if os.environ.get("DIFFATLAS_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
