@@ -80,7 +80,8 @@ def sdf_settings(dataset_cfg: Mapping[str, Any], data: PreparedData) -> tuple[fl
 
 
 def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Write synthetic phantoms (train and test parts) and their split file."""
+    """Write synthetic phantoms (train, test and validation parts, each from its own case indices) and their
+    split file."""
     p = cfg["phantom"]
     out = Path(cfg["out_dir"])
     common = dict(modality=p["modality"], shape=tuple(p["shape"]), fov_mm=float(p["fov_mm"]), seed=int(p["seed"]))
@@ -88,7 +89,10 @@ def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
                                   **common) if int(p["num_train"]) > 0 else []
     test = write_phantom_dataset(out, int(p["num_test"]), prefix=f"{p['modality']}_test",
                                  first_index=int(p["num_train"]), **common)
-    split = {"name": cfg.get("split_name", "full"), "dataset": out.name, "train": train, "val": [], "test": test}
+    num_val = int(p.get("num_val", 0))
+    val = write_phantom_dataset(out, num_val, prefix=f"{p['modality']}_val",
+                                first_index=int(p["num_train"]) + int(p["num_test"]), **common) if num_val else []
+    split = {"name": cfg.get("split_name", "full"), "dataset": out.name, "train": train, "val": val, "test": test}
     if cfg.get("split_file"):
         save_split(split, cfg["split_file"])
     log.info("phantoms: %d training and %d test cases in %s", len(train), len(test), out)
@@ -107,6 +111,8 @@ def train(cfg: Mapping[str, Any]) -> Path:
     data, split = load_data_and_split(cfg["dataset"])
     layout = ChannelLayout(data.num_structures)
     clip, scale = sdf_settings(cfg["dataset"], data)
+    if not split["train"]:
+        raise ValueError(f"split {cfg['dataset']['split_file']} has no training cases (a test-only split?)")
     dataset = JointDataset(data, list(split["train"]), sdf_clip=clip, sdf_scale_vox=scale)
     torch.manual_seed(int(cfg["seed"]))
     model = build_denoiser(cfg["model"], layout)
@@ -119,7 +125,7 @@ def train(cfg: Mapping[str, Any]) -> Path:
         "model": dict(cfg["model"]), "diffusion": dict(cfg["diffusion"]),
         "structures": list(data.structures), "sdf_clip": clip, "sdf_scale_vox": scale,
         "shape": list(data.shape), "dataset": data.name, "modality": data.modality,
-        "split": split.get("name", ""),
+        "split": split.get("name", ""), "run": dict(cfg),
     }
     validate = None
     if settings.val_every and split.get("val"):
@@ -139,7 +145,6 @@ def _validator(cfg: Mapping[str, Any], data: PreparedData, cases: list[str], dif
     def validate(ema: torch.nn.Module, step: int) -> dict[str, float]:
         seg = DiffAtlasSegmenter(ema, diffusion, layout, plan, sdf_clip=clip, seed=0)
         labels = seg.segment(images, cases).cpu().numpy()
-        ema.train(False)
         dices = [np.nanmean([m["dice"] for m in evaluate_case(lab, c.label, data.structures, c.spacing_mm,
                                                                1.0).values()]) for lab, c in zip(labels, loaded)]
         return {"dice": float(np.mean(dices))}

@@ -62,3 +62,11 @@ def test_check_against_data(tmp_path) -> None:
     check_split_against(make_split(data.cases, test_fraction=0.34), data)
     with pytest.raises(ValueError, match="mr_0007"):
         check_split_against({"name": "s", "train": ["mr_0000", "mr_0007"], "test": []}, data)
+
+
+def test_test_only_split_is_valid_but_an_empty_one_is_not(tmp_path):
+    zero_shot = {"name": "zeroshot", "dataset": "d", "train": [], "val": [], "test": ["a", "b"]}
+    save_split(zero_shot, tmp_path / "z.json")
+    assert load_split(tmp_path / "z.json")["test"] == ["a", "b"]
+    with pytest.raises(ValueError, match="both empty"):
+        save_split({**zero_shot, "test": []}, tmp_path / "e.json")

@@ -77,8 +77,8 @@ def _validate(split: dict[str, Any], source: str) -> dict[str, Any]:
             if case in seen:
                 raise ValueError(f"{source}: case {case!r} is in both {seen[case]!r} and {part!r}")
             seen[case] = part
-    if not split["train"]:
-        raise ValueError(f"{source}: 'train' is empty")
+    if not split["train"] and not split["test"]:
+        raise ValueError(f"{source}: 'train' and 'test' are both empty")
     return split
 
 
