@@ -22,7 +22,7 @@ from diffatlas.data.io import write_volume
 from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.phantom import write_phantom_dataset
 from diffatlas.data.sdf import default_sdf_scale
-from diffatlas.data.splits import check_split_against, load_split, make_split, save_split
+from diffatlas.data.splits import check_split_against, load_split, save_split
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.evaluation.metrics import evaluate_case
 from diffatlas.evaluation.report import CaseResult, summarize, write_reports
@@ -96,12 +96,6 @@ def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
     if cfg.get("split_file"):
         save_split(split, cfg["split_file"])
     log.info("phantoms: %d training and %d test cases in %s", len(train), len(test), out)
-    return split
-
-
-def make_split_file(cases: list[str], path: str | Path, **kwargs: Any) -> dict[str, Any]:
-    split = make_split(cases, **kwargs)
-    save_split(split, path)
     return split
 
 

@@ -15,4 +15,4 @@ if [ ! -f "$DATA/phantom_mr/dataset.json" ]; then
   # MR test phantoms only, with a seed of their own so their anatomy differs from the CT training cases
   "$PY" -m diffatlas.prepare phantom.modality=mr phantom.num_train=0 phantom.num_val=0 phantom.seed=1 split_name=zeroshot
 fi
-"$PY" -m diffatlas.test dataset=phantom_mr experiment=phantom_ct checkpoint="$CKPT" "$@"
+"$PY" -m diffatlas.test dataset=phantom_mr experiment=phantom_ct_to_mr checkpoint="$CKPT" "$@"
