@@ -85,17 +85,19 @@ def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
     p = cfg["phantom"]
     out = Path(cfg["out_dir"])
     common = dict(modality=p["modality"], shape=tuple(p["shape"]), fov_mm=float(p["fov_mm"]), seed=int(p["seed"]))
-    train = write_phantom_dataset(out, int(p["num_train"]), prefix=f"{p['modality']}_train", first_index=0,
-                                  **common) if int(p["num_train"]) > 0 else []
-    test = write_phantom_dataset(out, int(p["num_test"]), prefix=f"{p['modality']}_test",
-                                 first_index=int(p["num_train"]), **common)
-    num_val = int(p.get("num_val", 0))
-    val = write_phantom_dataset(out, num_val, prefix=f"{p['modality']}_val",
-                                first_index=int(p["num_train"]) + int(p["num_test"]), **common) if num_val else []
-    split = {"name": cfg.get("split_name", "full"), "dataset": out.name, "train": train, "val": val, "test": test}
+    parts: dict[str, list[str]] = {}
+    first_index = 0
+    for part, count in (("train", int(p["num_train"])), ("test", int(p["num_test"])),
+                        ("val", int(p.get("num_val", 0)))):
+        parts[part] = write_phantom_dataset(out, count, prefix=f"{p['modality']}_{part}", first_index=first_index,
+                                            **common) if count > 0 else []
+        first_index += count
+    split = {"name": cfg.get("split_name", "full"), "dataset": out.name,
+             "train": parts["train"], "val": parts["val"], "test": parts["test"]}
     if cfg.get("split_file"):
         save_split(split, cfg["split_file"])
-    log.info("phantoms: %d training and %d test cases in %s", len(train), len(test), out)
+    log.info("phantoms: %d training, %d test and %d validation cases in %s", len(parts["train"]),
+             len(parts["test"]), len(parts["val"]), out)
     return split
 
 
