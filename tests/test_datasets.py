@@ -130,3 +130,18 @@ def test_label_values_checked(tmp_path, ct_root) -> None:
     write_volume(tmp_path / "labels" / "ct_0000.nii.gz", case.label, case.affine)
     with pytest.raises(ValueError, match="outside 0..2"):
         PreparedData(tmp_path).load_case("ct_0000")
+
+
+def test_sdf_cache_is_reused_and_keyed_by_label_and_settings(tmp_path) -> None:
+    write_phantom_dataset(tmp_path, 1, "ct", shape=SHAPE, fov_mm=96.0, seed=3)
+    data = PreparedData(tmp_path)
+    first = JointDataset(data, ["ct_0000"])[0]
+    cached = sorted((tmp_path / "cache" / "sdf").glob("*.npy"))
+    assert len(cached) == 1
+    # a planted cache file with the same key is what the next dataset reads
+    np.save(cached[0], np.full_like(np.load(cached[0]), 0.123))
+    np.testing.assert_allclose(JointDataset(data, ["ct_0000"])[0][1:].numpy(), 0.123, rtol=1e-6)
+    # other settings get their own key, and recompute the true SDFs
+    other = JointDataset(data, ["ct_0000"], sdf_clip=0.3)[0]
+    assert len(list((tmp_path / "cache" / "sdf").glob("*.npy"))) == 2
+    np.testing.assert_allclose(other[1:].clamp(-0.2, 0.2).numpy(), first[1:].numpy(), atol=1e-6)

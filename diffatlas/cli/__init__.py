@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "configs")
 
@@ -22,8 +23,8 @@ def run_or_explain(func: Callable[[], Any]) -> Any:
     message and exit status 1 instead of a traceback. Set ``DIFFATLAS_DEBUG=1`` to see the traceback."""
     try:
         return func()
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OmegaConfBaseException) as err:
         if os.environ.get("DIFFATLAS_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -5,14 +5,15 @@ from omegaconf import DictConfig
 
 from diffatlas import pipeline
 from diffatlas.cli import CONFIG_PATH, run_or_explain, to_plain
+from diffatlas.data.prepare import prepare_from_config
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    plain = to_plain(cfg)
-    if plain["source"] != "phantom":
-        raise SystemExit(f"unknown source {plain['source']!r}; available: phantom")
-    run_or_explain(lambda: pipeline.prepare_phantoms(plain))
+    if cfg.source.kind == "phantom":
+        run_or_explain(lambda: pipeline.prepare_phantoms(to_plain(cfg)))
+    else:
+        run_or_explain(lambda: prepare_from_config(to_plain(cfg)))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ channel 0 the image, channels 1..K the signed distance maps of ``sdf.encode_sdf`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -208,7 +209,10 @@ class PreparedData:
 class JointDataset(Dataset):
     """Stacked ``[image, SDF_1 .. SDF_K]`` tensors for a list of prepared cases.
 
-    All cases are read and encoded at construction (the datasets are small). Items are float32
+    All cases are read and encoded at construction (the datasets are small). The SDFs are cached in
+    ``<root>/cache/sdf/`` under a key made of the label's content hash, the scale and the clip, so a later
+    run with the same settings reads them instead of recomputing the distance transforms; a changed label
+    or setting gets a new key. Items are float32
     tensors ``(1 + K, X, Y, Z)`` in ``ChannelLayout`` order, the image clamped to [-1, 1]. The dataset
     is deterministic; augmentation belongs to the trainer.
 
@@ -239,9 +243,27 @@ class JointDataset(Dataset):
     def _encode(self, case: CaseData) -> torch.Tensor:
         sample = np.empty((self.layout.num_channels, *case.image.shape), dtype=np.float32)
         sample[self.layout.image] = np.clip(case.image, -1.0, 1.0)[None]
-        num = self.layout.num_structures
-        sample[self.layout.masks] = encode_sdf(case.label, num, self.sdf_scale_vox, self.sdf_clip)
+        sample[self.layout.masks] = self._sdf(case)
         return torch.from_numpy(sample)
+
+    def _sdf(self, case: CaseData) -> np.ndarray:
+        digest = hashlib.sha1(np.ascontiguousarray(case.label).tobytes()).hexdigest()[:16]
+        path = self.data.root / "cache" / "sdf" / f"{case.case}_{digest}_s{self.sdf_scale_vox:g}_c{self.sdf_clip:g}.npy"
+        if path.is_file():
+            try:
+                return np.load(path)
+            except (OSError, ValueError):
+                logger.warning("unreadable SDF cache %s; recomputing", path)
+        sdf = encode_sdf(case.label, self.layout.num_structures, self.sdf_scale_vox, self.sdf_clip)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, sdf)
+            os.replace(tmp, path)
+        except OSError as err:
+            logger.debug("SDF cache not written (%s)", err)
+        return sdf
 
     def __len__(self) -> int:
         return len(self._items)

@@ -51,6 +51,23 @@ def _sitk_affine(image: sitk.Image) -> np.ndarray:
     return _LPS_TO_RAS @ affine_lps
 
 
+def nifti_affine(header: nib.Nifti1Header, path: Path | str = "") -> np.ndarray:
+    """The voxel-to-RAS affine of a NIfTI header, with voxel sizes that agree with ``pixdim``.
+
+    Some datasets (ACDC among them) carry an sform whose columns have unit length while ``pixdim`` holds
+    the real voxel sizes (e.g. 1.56 x 1.56 x 10 mm). nibabel trusts the sform; ITK rejects it and falls
+    back to ``pixdim``. We follow ITK: the sform's directions and origin are kept and its columns are
+    rescaled to the ``pixdim`` sizes, so both readers see the same geometry.
+    """
+    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.all(zooms > 0) and np.all(norms > 0) and not np.allclose(norms, zooms, rtol=1e-3):
+        logger.debug("%s: sform voxel sizes %s disagree with pixdim %s; using pixdim", path, norms, zooms)
+        affine[:3, :3] = affine[:3, :3] / norms[None, :] * zooms[None, :]
+    return affine
+
+
 def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3D volume and its RAS affine.
 
@@ -70,7 +87,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if suffix in NIFTI_SUFFIXES:
         image = nib.load(str(path))
         array = np.asanyarray(image.dataobj)
-        affine = np.asarray(image.affine, dtype=np.float64)
+        affine = nifti_affine(image.header, path)
     else:
         image = sitk.ReadImage(str(path))
         if image.GetNumberOfComponentsPerPixel() != 1:
