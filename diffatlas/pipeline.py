@@ -66,9 +66,11 @@ def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPl
     return make_plan(cfg.pop("plan"), num_timesteps, **cfg)
 
 
-def load_data_and_split(dataset_cfg: Mapping[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
+def load_data_and_split(dataset_cfg: Mapping[str, Any],
+                        split_cfg: Mapping[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
+    """The prepared data at ``dataset_cfg["root"]`` and the split file ``split_cfg["file"]``, checked against it."""
     data = PreparedData(dataset_cfg["root"])
-    split = load_split(dataset_cfg["split_file"])
+    split = load_split(split_cfg["file"])
     check_split_against(split, data)
     return data, split
 
@@ -104,11 +106,11 @@ def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
 def train(cfg: Mapping[str, Any]) -> Path:
     """Train the joint denoiser; returns the path of the last checkpoint."""
     device = resolve_device(cfg["device"])
-    data, split = load_data_and_split(cfg["dataset"])
+    data, split = load_data_and_split(cfg["dataset"], cfg["split"])
     layout = ChannelLayout(data.num_structures)
     clip, scale = sdf_settings(cfg["dataset"], data)
     if not split["train"]:
-        raise ValueError(f"split {cfg['dataset']['split_file']} has no training cases (a test-only split?)")
+        raise ValueError(f"split {cfg['split']['file']} has no training cases (a test-only split?)")
     dataset = JointDataset(data, list(split["train"]), sdf_clip=clip, sdf_scale_vox=scale)
     torch.manual_seed(int(cfg["seed"]))
     model = build_denoiser(cfg["model"], layout)
@@ -168,7 +170,7 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Segment and score the split's test cases; returns the summary written to ``run_dir``."""
     device = resolve_device(cfg["device"])
     run_dir = Path(run_dir)
-    data, split = load_data_and_split(cfg["dataset"])
+    data, split = load_data_and_split(cfg["dataset"], cfg["split"])
     checkpoint = Path(cfg["checkpoint"])
     seg, stored = load_segmenter(checkpoint, cfg["sampler"], device)
     if list(stored["structures"]) != list(data.structures):
@@ -179,7 +181,7 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
                          f"{list(data.shape)}; prepare the data on the training grid")
     cases = list(split["test"])
     if not cases:
-        raise ValueError(f"split {cfg['dataset']['split_file']} has no test cases")
+        raise ValueError(f"split {cfg['split']['file']} has no test cases")
     batch_size = int(cfg.get("batch_size", 4))
     results: list[CaseResult] = []
     pred_dir = run_dir / "predictions"
@@ -197,7 +199,7 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.plan.network_evaluations,
                     "eta": seg.plan.eta, "seed": seg.seed}
     summary = summarize(results, data.structures, method="DiffAtlas", dataset=data.name,
-                        split=split.get("name", Path(cfg["dataset"]["split_file"]).stem),
+                        split=split.get("name", Path(cfg["split"]["file"]).stem),
                         tolerance_mm=float(cfg["nsd_tolerance_mm"]), sampler=sampler_info)
     write_reports(run_dir, results, summary)
     log.info("results written to %s", run_dir)

@@ -10,4 +10,4 @@ if [ ! -f "$CKPT" ]; then
   echo "no checkpoint at $CKPT: run 'bash training_scripts/train_phantom.sh' first (or set CHECKPOINT)" >&2
   exit 1
 fi
-"$PY" -m diffatlas.test dataset=phantom_ct experiment=phantom_ct checkpoint="$CKPT" "$@"
+"$PY" -m diffatlas.test dataset=phantom_ct run_name=phantom_ct checkpoint="$CKPT" "$@"

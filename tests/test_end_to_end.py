@@ -27,7 +27,7 @@ def test_prepare_train_test(tmp_path):
     _run("diffatlas.prepare", f"out_dir={data}", f"split_file={split}", "phantom.num_train=3",
          "phantom.num_test=2", "phantom.shape=[16,16,16]", "phantom.fov_mm=100", f"hydra.run.dir={tmp_path}/p")
     assert json.loads(split.read_text())["test"] == ["ct_test_0003", "ct_test_0004"]
-    dataset = [f"dataset.root={data}", f"dataset.split_file={split}"]
+    dataset = [f"dataset.root={data}", f"split.file={split}"]
     ckpt_dir = tmp_path / "model"
     _run("diffatlas.train", *dataset, *TINY_MODEL, f"checkpoint_dir={ckpt_dir}", "training.steps=3",
          "training.batch_size=2", "device=cpu", f"hydra.run.dir={tmp_path}/t")

@@ -47,9 +47,10 @@ def make_summary(results: list[CaseResult], method: str = "DiffAtlas") -> dict:
 def test_summary_schema(results: list[CaseResult]) -> None:
     summary = make_summary(results)
     assert set(summary) == {
-        "method", "dataset", "split", "num_cases", "structures", "per_structure", "mean",
+        "method", "dataset", "split", "space", "num_cases", "structures", "per_structure", "mean",
         "nsd_tolerance_mm", "sampler", "seconds_per_case",
     }
+    assert summary["space"] == "prepared grid"
     assert summary["structures"] == STRUCTURES
     assert set(summary["per_structure"]) == set(STRUCTURES)
     for entry in summary["per_structure"].values():
@@ -114,7 +115,7 @@ def test_write_reports(results: list[CaseResult], tmp_path: Path) -> None:
     with paths["per_case"].open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(results) * len(STRUCTURES)
-    assert rows[0] == {"case": "a", "structure": "Myo", "dice": "0.9", "nsd": "0.6", "hd95": "2.0", "seconds": "10.0"}
+    assert rows[0] == {"case": "a", "structure": "Myo", "space": "grid", "dice": "0.9", "nsd": "0.6", "hd95": "2.0", "seconds": "10.0"}
     assert math.isnan(float(rows[-1]["dice"]))
     assert json.loads(paths["summary"].read_text()) == summary
     assert paths["table"].read_text() == format_table(summary)
@@ -138,3 +139,19 @@ def test_summarize_rejects_bad_input(results: list[CaseResult], kwargs: dict, me
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
         summarize(**arguments)
+
+
+def test_native_scores_are_reported_beside_grid_scores(results: list[CaseResult], tmp_path: Path) -> None:
+    summary = make_summary(results)
+    native_results = [CaseResult(r.case, {name: {"dice": 0.5, "nsd": 0.25, "hd95": 3.0} for name in STRUCTURES}, 1.0)
+                      for r in results]
+    summary["native"] = summarize(native_results, STRUCTURES, method="DiffAtlas", dataset="MM-WHS CT",
+                                  split="test", tolerance_mm=2.0, sampler={}, space="native")
+    paths = write_reports(tmp_path, results, summary, native_results)
+    table = paths["table"].read_text()
+    assert "scored on the prepared grid" in table and "scored on the native grid" in table
+    assert table.strip().endswith("| Average | 50.00 | 25.00 |")
+    with paths["per_case"].open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["space"] for row in rows].count("native") == len(results) * len(STRUCTURES)
+    assert json.loads(paths["summary"].read_text())["native"]["mean"]["dice"] == pytest.approx(0.5)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from diffatlas.data.datasets import PreparedData
 from diffatlas.data.phantom import write_phantom_dataset
-from diffatlas.data.splits import check_split_against, load_split, make_split, save_split
+from diffatlas.data.splits import (check_split_against, load_split, make_split, mmwhs_cases, save_split,
+                                   standard_splits, write_standard_splits)
 
+ROOT = Path(__file__).resolve().parents[1]
 CASES = [f"case_{i:02d}" for i in range(20)]
 
 
@@ -70,3 +76,93 @@ def test_test_only_split_is_valid_but_an_empty_one_is_not(tmp_path):
     assert load_split(tmp_path / "z.json")["test"] == ["a", "b"]
     with pytest.raises(ValueError, match="both empty"):
         save_split({**zero_shot, "test": []}, tmp_path / "e.json")
+
+
+def _split(**parts):
+    return {"name": "s", "dataset": "d", "train": [], "val": [], "test": [], **parts}
+
+
+def test_train_test_overlap_needs_the_flag(tmp_path):
+    with pytest.raises(ValueError, match='"overlap": true'):
+        save_split(_split(train=["a", "b"], test=["a"]), tmp_path / "s.json")
+    save_split(_split(train=["a", "b"], test=["a", "b"], overlap=True), tmp_path / "s.json")
+    assert load_split(tmp_path / "s.json")["test"] == ["a", "b"]
+    for parts in ({"train": ["a"], "val": ["a"]}, {"val": ["a"], "test": ["a"]}):
+        with pytest.raises(ValueError, match="in both"):
+            save_split(_split(overlap=True, **parts), tmp_path / "v.json")
+    with pytest.raises(ValueError, match="more than once"):
+        save_split(_split(train=["a", "a"], overlap=True), tmp_path / "d.json")
+    with pytest.raises(ValueError, match="true or false"):
+        save_split(_split(train=["a"], overlap="yes"), tmp_path / "o.json")
+
+
+def test_standard_splits():
+    splits = standard_splits(CASES, "d", seed=0, shots=(4, 2))
+    assert list(splits) == ["full", "2shot", "4shot", "all"]
+    full = splits["full"]
+    assert (len(full["train"]), len(full["test"])) == (16, 4) and full["name"] == "full" and full["dataset"] == "d"
+    assert full == make_split(CASES, seed=0, name="full", dataset="d")
+    for n in (2, 4):
+        assert splits[f"{n}shot"]["train"] == full["train"][:n] and splits[f"{n}shot"]["test"] == full["test"]
+    everything = splits["all"]
+    assert everything["train"] == everything["test"] == CASES and everything["overlap"] is True
+    assert everything["val"] == []
+    with pytest.raises(ValueError, match="17-shot needs 17"):
+        standard_splits(CASES, "d", shots=(2, 17))
+    assert list(standard_splits(CASES, "d", shots=())) == ["full", "all"]
+
+
+def test_committed_mmwhs_splits_are_the_standard_ones(tmp_path):
+    for modality in ("ct", "mr"):
+        cases = mmwhs_cases(modality)
+        assert cases[0] == f"{modality}_train_1001" and cases[-1] == f"{modality}_train_1020"
+        written = write_standard_splits(cases, tmp_path / modality, f"mmwhs_{modality}", seed=0)
+        for name, path in written.items():
+            committed = ROOT / "data" / "splits" / f"mmwhs_{modality}" / f"{name}.json"
+            assert committed.read_text() == path.read_text(), committed
+    with pytest.raises(ValueError, match="modality"):
+        mmwhs_cases("pet")
+
+
+def test_committed_phantom_splits_load():
+    splits = ROOT / "data" / "splits"
+    ct, mr = load_split(splits / "phantom_ct" / "full.json"), load_split(splits / "phantom_mr" / "full.json")
+    assert (len(ct["train"]), len(ct["val"]), len(ct["test"])) == (40, 2, 10)
+    assert mr["train"] == [c.replace("ct_", "mr_") for c in ct["train"]] and mr["dataset"] == "phantom_mr"
+    zero = load_split(splits / "phantom_mr" / "zeroshot.json")
+    assert zero["train"] == [] and zero["test"] == [f"mr_test_{i:04d}" for i in range(10)]
+
+
+def _splits_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "diffatlas.splits", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+
+
+def test_splits_command(tmp_path):
+    data, out = tmp_path / "phantom_ct", tmp_path / "splits"
+    write_phantom_dataset(data, 10, "ct", shape=(16, 16, 16), prefix="ct")
+    hydra_dir = f"hydra.run.dir={tmp_path}/h"
+    done = _splits_cli("dataset=phantom_ct", f"dataset.root={data}", f"dataset.splits_dir={out}", "seed=3",
+                       "val_count=1", hydra_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["2shot.json", "4shot.json", "all.json", "full.json"]
+    full = load_split(out / "full.json")
+    cases = [f"ct_{i:04d}" for i in range(10)]
+    assert full == make_split(cases, val_count=1, seed=3, name="full", dataset="phantom_ct")
+    assert (len(full["train"]), len(full["val"]), len(full["test"])) == (7, 1, 2)
+    assert load_split(out / "2shot.json")["train"] == full["train"][:2]
+    assert load_split(out / "all.json")["test"] == cases
+    log = done.stdout + done.stderr
+    assert "saved split 4shot (4 train, 1 val, 2 test)" in log and "train and test overlap" in log
+
+    done = _splits_cli("dataset=phantom_ct", f"dataset.root={data}", f"dataset.splits_dir={tmp_path}/s2",
+                       "shots=[2,9]", hydra_dir)
+    assert done.returncode == 1 and "9-shot needs 9" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s2").exists()
+
+    done = _splits_cli("dataset=phantom_ct", f"dataset.root={tmp_path}/none", hydra_dir)
+    assert done.returncode == 1 and "diffatlas.prepare" in done.stderr and "Traceback" not in done.stderr
+
+    done = _splits_cli(hydra_dir)
+    assert done.returncode != 0 and "dataset" in done.stderr

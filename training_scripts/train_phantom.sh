@@ -9,4 +9,4 @@ DATA="${DIFFATLAS_DATA:-outputs/data}"
 if [ ! -f "$DATA/phantom_ct/dataset.json" ]; then
   "$PY" -m diffatlas.prepare phantom.modality=ct
 fi
-"$PY" -m diffatlas.train dataset=phantom_ct experiment=phantom_ct "$@"
+"$PY" -m diffatlas.train dataset=phantom_ct run_name=phantom_ct "$@"

@@ -82,6 +82,7 @@ def summarize(
     split: str,
     tolerance_mm: float,
     sampler: Mapping[str, Any],
+    space: str = "prepared grid",
 ) -> dict[str, Any]:
     """Aggregate per-case scores into the run summary written to ``summary.json``.
 
@@ -93,9 +94,11 @@ def summarize(
         split: split name, e.g. ``"test"``.
         tolerance_mm: the NSD tolerance the scores were computed with, in mm.
         sampler: sampler settings (steps, plan, seed, ...); must be JSON-serialisable.
+        space: where the scores were computed: ``"prepared grid"`` (the paper's protocol) or
+            ``"native"`` (predictions mapped back onto each scan's own grid and spacing).
 
     Returns:
-        ``{"method", "dataset", "split", "num_cases", "structures", "per_structure", "mean",
+        ``{"method", "dataset", "split", "space", "num_cases", "structures", "per_structure", "mean",
         "nsd_tolerance_mm", "sampler", "seconds_per_case"}``. ``per_structure[name]`` holds
         ``dice_mean``, ``dice_std``, ``nsd_mean``, ``nsd_std``, ``hd95_mean`` and ``hd95_undefined``
         (the number of cases where exactly one mask was empty). Dice and NSD are fractions in [0, 1],
@@ -146,6 +149,7 @@ def summarize(
         "method": method,
         "dataset": dataset,
         "split": split,
+        "space": space,
         "num_cases": len(results),
         "structures": names,
         "per_structure": per_structure,
@@ -178,8 +182,10 @@ def _cell(text: str) -> str:
 
 def _caption(summary: Mapping[str, Any]) -> str:
     """One-line caption naming dataset, split, number of cases and NSD tolerance."""
+    space = summary.get("space", "prepared grid")
     return (
-        f"{summary['dataset']}, {summary['split']} split, {summary['num_cases']} cases; "
+        f"{summary['dataset']}, {summary['split']} split, {summary['num_cases']} cases, scored on the {space}"
+        f"{' grid' if space == 'native' else ''}; "
         f"NSD tolerance {summary['nsd_tolerance_mm']:g} mm; Dice and NSD in %."
     )
 
@@ -188,7 +194,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
     """Markdown table of one run: rows are the structures and ``Average``, columns Dice and NSD.
 
     Structure cells read ``mean ± std`` over cases; the ``Average`` row is the mean over structures
-    of the per-structure means (the paper's "Average" column) and carries no std.
+    of the per-structure means (the paper's "Average" column) and carries no std. A summary holding a
+    ``"native"`` sub-summary gets its table too, below the first.
     """
     lines = [
         _caption(summary),
@@ -203,7 +210,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
             f"| {_percent_with_std(scores['nsd_mean'], scores['nsd_std'])} |"
         )
     lines.append(f"| Average | {_percent(summary['mean']['dice'])} | {_percent(summary['mean']['nsd'])} |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if summary.get("native"):
+        text += "\n" + format_table(summary["native"])
+    return text
 
 
 def format_comparison_table(summaries: Sequence[Mapping[str, Any]]) -> str:
@@ -253,18 +263,20 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _per_case_csv(results: Sequence[CaseResult], structures: Sequence[str]) -> str:
-    """CSV text with one row per case and structure; NaN written as ``nan``."""
+def _per_case_csv(results: Sequence[CaseResult], structures: Sequence[str],
+                  native: Sequence[CaseResult] | None = None) -> str:
+    """CSV text with one row per case, structure and space; NaN written as ``nan``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "structure", *METRIC_NAMES, "seconds"])
-    for result in results:
-        for name in structures:
-            scores = result.metrics[name]
-            writer.writerow(
-                [result.case, name, *(repr(float(scores[metric])) for metric in METRIC_NAMES),
-                 repr(float(result.seconds))]
-            )
+    writer.writerow(["case", "structure", "space", *METRIC_NAMES, "seconds"])
+    for space, rows in (("grid", results), ("native", native or [])):
+        for result in rows:
+            for name in structures:
+                scores = result.metrics[name]
+                writer.writerow(
+                    [result.case, name, space, *(repr(float(scores[metric])) for metric in METRIC_NAMES),
+                     repr(float(result.seconds))]
+                )
     return buffer.getvalue()
 
 
@@ -272,8 +284,12 @@ def write_reports(
     run_dir: str | os.PathLike[str],
     results: Sequence[CaseResult],
     summary: Mapping[str, Any],
+    native_results: Sequence[CaseResult] | None = None,
 ) -> dict[str, Path]:
     """Write ``per_case.csv``, ``summary.json`` and ``table.md`` into ``run_dir`` (created if needed).
+
+    ``native_results`` are the same cases scored in native space (their summary is ``summary["native"]``);
+    ``per_case.csv`` has a ``space`` column telling the two apart.
 
     Each file is written atomically, so a reader never sees a half-written report.
 
@@ -287,7 +303,7 @@ def write_reports(
         "summary": directory / SUMMARY_FILENAME,
         "table": directory / TABLE_FILENAME,
     }
-    _write_atomic(paths["per_case"], _per_case_csv(results, summary["structures"]))
+    _write_atomic(paths["per_case"], _per_case_csv(results, summary["structures"], native_results))
     _write_atomic(paths["summary"], json.dumps(_to_json(summary), indent=2, allow_nan=False) + "\n")
     _write_atomic(paths["table"], format_table(summary))
     logger.info("reports written to %s", directory)

@@ -1,0 +1,6 @@
+"""Entry point: see diffatlas/cli/splits.py."""
+
+from diffatlas.cli.splits import main
+
+if __name__ == "__main__":
+    main()

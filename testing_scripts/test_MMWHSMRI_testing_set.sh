@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Table 1, MM-WHS MRI (full training set): segment and score the 4 test cases of
+# data/splits/mmwhs_mr/full.json (configs/evaluation/mmwhs_mr_full.yaml; DDPM-300 sampling, the paper's).
+# Prints the Dice/NSD table; the run (predictions, per_case.csv, summary.json, table.md) goes to
+# outputs/test/mmwhs_mr_full/<date>/.
+# Usage: bash testing_scripts/test_MMWHSMRI_testing_set.sh [DATA_ROOT] [CHECKPOINT] [Hydra overrides ...]
+#   DATA_ROOT   prepared mmwhs_mr folder (env DATA_ROOT; default ${DIFFATLAS_DATA:-outputs/data}/mmwhs_mr)
+#   CHECKPOINT  the model (env CHECKPOINT; default Model/mmwhs_mr_full/checkpoint_last.pt, made by
+#               training_scripts/train_MMWHSMRI_full_training_set.sh)
+# Env: PYTHON (see training_scripts/common.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/../training_scripts/common.sh"
+test_paper mmwhs_mr_full mmwhs_mr full mmwhs_mr_full train_MMWHSMRI_full_training_set.sh "$@"

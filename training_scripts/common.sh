@@ -1,0 +1,143 @@
+# Shared by training_scripts/*.sh and testing_scripts/*.sh: sourced, never run on its own.
+#
+# Each paper script is one call:
+#   train_paper <experiment> <dataset> <split> <script name> [DATA_ROOT] [CHECKPOINT_DIR] [Hydra overrides ...]
+#   test_paper <evaluation> <dataset> <split> <training run> <training script> [DATA_ROOT] [CHECKPOINT] [overrides ...]
+# The first two arguments after the fixed ones are paths unless they look like Hydra overrides (contain '=' or
+# start with '-', '+' or '~'); an empty argument "" keeps the default. Relative paths given as arguments or in
+# DATA_ROOT, CHECKPOINT and CHECKPOINT_DIR are taken from the directory the script is run in; everything
+# else (defaults, DIFFATLAS_DATA) is relative to the repository root, where the commands run.
+#
+# Env: PYTHON (default .venv/bin/python, else python3), DIFFATLAS_DATA (prepared data, default outputs/data),
+#      DATA_ROOT (a prepared dataset folder), CHECKPOINT_DIR (training output), CHECKPOINT (the .pt to test).
+set -euo pipefail
+CALLER_DIR="$PWD"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo "$PWD/.venv/bin/python" || echo python3 )}"
+DATA_BASE="${DIFFATLAS_DATA:-outputs/data}"
+case "$DATA_BASE" in /*) ;; *) DATA_BASE="$PWD/$DATA_BASE" ;; esac   # printed commands work from anywhere
+OFFICIAL_DATA_URL="https://huggingface.co/datasets/YuheLiuu/DiffAtlas_Preprocessed_Data"
+
+is_override() {
+  case "$1" in
+    *=* | -* | +* | ~*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# from_caller <path>: a path given by the user, made absolute against the directory the script was run in.
+from_caller() {
+  case "$1" in
+    /*) echo "$1" ;;
+    *) echo "$CALLER_DIR/$1" ;;
+  esac
+}
+
+die() {
+  echo "error: $*" >&2
+  exit 1
+}
+
+# raw_source_help <dataset>: where the raw data of a dataset comes from.
+raw_source_help() {
+  case "$1" in
+    mmwhs_ct) echo "MM-WHS (CT: ct_train_1001..1020 images and labels), https://zmiclab.github.io/zxh/0/mmwhs/" ;;
+    mmwhs_mr) echo "MM-WHS (MRI: mr_train_1001..1020 images and labels), https://zmiclab.github.io/zxh/0/mmwhs/" ;;
+    totalsegmentator) echo "TotalSegmentator, https://zenodo.org/records/6802614" ;;
+    *) echo "the $1 raw data" ;;
+  esac
+}
+
+modality_of() {
+  case "$1" in
+    mmwhs_mr | acdc_ed) echo mr ;;
+    *) echo ct ;;
+  esac
+}
+
+# require_prepared <dataset> <folder>: stop with instructions when <folder>/dataset.json is missing.
+require_prepared() {
+  local dataset="$1" root="$2"
+  [ -f "$root/dataset.json" ] && return 0
+  {
+    echo "error: no prepared $dataset data at $root ($root/dataset.json is missing)."
+    echo "  1. Get the raw data: $(raw_source_help "$dataset")"
+    echo "     or the official preprocessed data: $OFFICIAL_DATA_URL"
+    echo "  2. Prepare it:"
+    echo "     $PY -m diffatlas.prepare source=$dataset raw_dir=<raw folder> out_dir=$root"
+    echo "     (the official preprocessed data, unzipped: source=official source.name=$dataset" \
+      "source.modality=$(modality_of "$dataset") instead of source=$dataset)"
+    echo "  Or pass a prepared folder as the first argument (or DATA_ROOT=<folder>)."
+  } >&2
+  exit 1
+}
+
+# ensure_splits <dataset> <data root> <split> [extra splits-command overrides]: the committed split files
+# (data/splits/<dataset>/) are used as they are; missing ones (TotalSegmentator, whose cases are only known once
+# it is prepared) are written from the prepared data with the splits command.
+ensure_splits() {
+  local dataset="$1" root="$2" split="$3"
+  shift 3
+  [ -f "data/splits/$dataset/$split.json" ] && return 0
+  echo "no data/splits/$dataset/$split.json yet: writing the $dataset splits from $root" >&2
+  "$PY" -m diffatlas.splits dataset="$dataset" dataset.root="$root" "$@"
+}
+
+train_paper() {
+  local experiment="$1" dataset="$2" split="$3"
+  shift 4
+  local data="${DATA_ROOT:+$(from_caller "$DATA_ROOT")}" out="${CHECKPOINT_DIR:+$(from_caller "$CHECKPOINT_DIR")}"
+  if [ $# -gt 0 ] && ! is_override "$1"; then
+    [ -n "$1" ] && data="$(from_caller "$1")"
+    shift
+    if [ $# -gt 0 ] && ! is_override "$1"; then
+      [ -n "$1" ] && out="$(from_caller "$1")"
+      shift
+    fi
+  fi
+  data="${data:-$DATA_BASE/$dataset}"
+  out="${out:-Model/$experiment}"
+  require_prepared "$dataset" "$data"
+  ensure_splits "$dataset" "$data" "$split"
+  "$PY" -m diffatlas.train experiment="$experiment" dataset.root="$data" checkpoint_dir="$out" "$@"
+}
+
+test_paper() {
+  local evaluation="$1" dataset="$2" split="$3" run="$4" train_script="$5"
+  shift 5
+  local data="${DATA_ROOT:+$(from_caller "$DATA_ROOT")}" ckpt="${CHECKPOINT:+$(from_caller "$CHECKPOINT")}"
+  if [ $# -gt 0 ] && ! is_override "$1"; then
+    [ -n "$1" ] && data="$(from_caller "$1")"
+    shift
+    if [ $# -gt 0 ] && ! is_override "$1"; then
+      [ -n "$1" ] && ckpt="$(from_caller "$1")"
+      shift
+    fi
+  fi
+  data="${data:-$DATA_BASE/$dataset}"
+  ckpt="${ckpt:-Model/$run/checkpoint_last.pt}"
+  require_prepared "$dataset" "$data"
+  [ -f "$ckpt" ] || die "no checkpoint at $ckpt: train it with 'bash training_scripts/$train_script'" \
+    "(or pass a checkpoint as the second argument, or CHECKPOINT=<file>)"
+  ensure_splits "$dataset" "$data" "$split"
+  "$PY" -m diffatlas.test evaluation="$evaluation" dataset.root="$data" checkpoint="$ckpt" "$@"
+}
+
+# prepare_acdc <raw folder> <out folder> <name> <split> [extra splits-command overrides]: prepare an nnU-Net raw
+# ACDC-like folder (labels RV, Myo, LV) when <out>/dataset.json is missing (named <name>; "" keeps the source's
+# name), then write its splits into <out>/splits/ (outside git: ACDC is patient data) when <split>.json is missing.
+prepare_acdc() {
+  local raw="$1" out="$2" name="$3" split="$4"
+  shift 4
+  local named=()
+  [ -n "$name" ] && named=("name=$name")
+  if [ ! -f "$out/dataset.json" ]; then
+    [ -d "$raw" ] || die "no prepared data at $out and no raw nnU-Net folder at $raw: pass the folder holding" \
+      "imagesTr/, labelsTr/ and dataset.json (or set ACDC_RAW); it is then prepared with" \
+      "'$PY -m diffatlas.prepare source=acdc_ed raw_dir=<folder> out_dir=$out ${named[*]}'"
+    "$PY" -m diffatlas.prepare source=acdc_ed raw_dir="$raw" out_dir="$out" "${named[@]}"
+  fi
+  if [ ! -f "$out/splits/$split.json" ]; then
+    "$PY" -m diffatlas.splits dataset=acdc_ed dataset.root="$out" dataset.splits_dir="$out/splits" "$@"
+  fi
+}
