@@ -2,7 +2,9 @@
 
 ``train(cfg)`` fits the joint image-mask denoiser on a split's training cases and writes checkpoints;
 ``test(cfg)`` loads the EMA weights, segments the split's test cases with the configured sampler, and writes
-predictions (NIfTI, the input's affine), ``per_case.csv``, ``summary.json`` and ``table.md``.
+predictions (NIfTI, the input's affine), ``per_case.csv``, ``summary.json`` and ``table.md``. Cases prepared
+from real scans are also mapped back onto their scan's own grid (``predictions_native/``) and scored there
+with the native spacing; ``summary.json`` then holds that summary under ``"native"``.
 The network, diffusion and SDF settings used at test time are read from the checkpoint, never re-typed.
 """
 
@@ -14,15 +16,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from tqdm.auto import tqdm
 
 from diffatlas.data.datasets import JointDataset, PreparedData
+from diffatlas.data.geometry import to_array
 from diffatlas.data.io import write_volume
 from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.phantom import write_phantom_dataset
+from diffatlas.data.prepare import map_to_native, native_info, native_label
 from diffatlas.data.sdf import default_sdf_scale
-from diffatlas.data.splits import check_split_against, load_split, save_split
+from diffatlas.data.splits import check_split_against, load_split, save_split, split_from_recipe
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.evaluation.metrics import evaluate_case
 from diffatlas.evaluation.report import CaseResult, summarize, write_reports
@@ -32,6 +37,8 @@ from diffatlas.sampling.plans import TimestepPlan, make_plan
 from diffatlas.training.trainer import LAST, Trainer, TrainSettings, diffusion_objective, load_checkpoint
 
 log = logging.getLogger(__name__)
+
+NATIVE_PREDICTIONS = "predictions_native"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,9 +75,18 @@ def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPl
 
 def load_data_and_split(dataset_cfg: Mapping[str, Any],
                         split_cfg: Mapping[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
-    """The prepared data at ``dataset_cfg["root"]`` and the split file ``split_cfg["file"]``, checked against it."""
+    """The prepared data at ``dataset_cfg["root"]`` and the split file ``split_cfg["file"]``, checked against it.
+
+    A missing split file is written first when the split config says how to make it (``make``: the keyword
+    arguments of ``splits.make_split``, or ``{all: true}`` for the zero-shot ``all`` split), so a new
+    few-shot setting is one YAML file in ``configs/split/``.
+    """
     data = PreparedData(dataset_cfg["root"])
-    split = load_split(split_cfg["file"])
+    path = Path(split_cfg["file"])
+    if not path.is_file() and split_cfg.get("make"):
+        save_split(split_from_recipe(split_cfg["make"], data.cases, name=split_cfg["name"], dataset=data.name), path)
+        log.info("split %s written to %s from the recipe in its config", split_cfg["name"], path)
+    split = load_split(path)
     check_split_against(split, data)
     return data, split
 
@@ -183,7 +199,11 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     if not cases:
         raise ValueError(f"split {cfg['split']['file']} has no test cases")
     batch_size = int(cfg.get("batch_size", 4))
+    tolerance = float(cfg["nsd_tolerance_mm"])
+    natives = {c: native_info(data.root, c) for c in cases}
+    score_native = all(info is not None for info in natives.values())
     results: list[CaseResult] = []
+    native_results: list[CaseResult] = []
     pred_dir = run_dir / "predictions"
     for start in tqdm(range(0, len(cases), batch_size), desc="test", disable=None):
         chunk = [data.load_case(c) for c in cases[start:start + batch_size]]
@@ -193,14 +213,32 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
         seconds = (time.perf_counter() - t0) / len(chunk)
         for case, label in zip(chunk, labels):
             write_volume(pred_dir / f"{case.case}.nii.gz", label, case.affine)
-            metrics = evaluate_case(label, case.label, data.structures, case.spacing_mm,
-                                    float(cfg["nsd_tolerance_mm"]))
+            metrics = evaluate_case(label, case.label, data.structures, case.spacing_mm, tolerance)
             results.append(CaseResult(case.case, metrics, seconds))
+            if score_native:
+                native_results.append(_score_native(label, data, case.case, natives[case.case], tolerance,
+                                                    run_dir / NATIVE_PREDICTIONS, seconds))
     sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.plan.network_evaluations,
                     "eta": seg.plan.eta, "seed": seg.seed}
-    summary = summarize(results, data.structures, method="DiffAtlas", dataset=data.name,
-                        split=split.get("name", Path(cfg["split"]["file"]).stem),
-                        tolerance_mm=float(cfg["nsd_tolerance_mm"]), sampler=sampler_info)
-    write_reports(run_dir, results, summary)
+    split_name = split.get("name", Path(cfg["split"]["file"]).stem)
+    summary = summarize(results, data.structures, method="DiffAtlas", dataset=data.name, split=split_name,
+                        tolerance_mm=tolerance, sampler=sampler_info)
+    if native_results:
+        summary["native"] = summarize(native_results, data.structures, method="DiffAtlas", dataset=data.name,
+                                      split=split_name, tolerance_mm=tolerance, sampler=sampler_info,
+                                      space="native")
+    write_reports(run_dir, results, summary, native_results)
     log.info("results written to %s", run_dir)
     return summary
+
+
+def _score_native(label: np.ndarray, data: PreparedData, case: str, info: Mapping[str, Any], tolerance_mm: float,
+                  out_dir: Path, seconds: float) -> CaseResult:
+    """Map a prepared-grid prediction back onto the scan's own grid, write it there (the scan's geometry) and
+    score it against the native reference label with the native spacing."""
+    pred = map_to_native(label, dict(info), data.num_structures)
+    ref = native_label(data.root, dict(info))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(pred, str(out_dir / f"{case}.nii.gz"), True)
+    metrics = evaluate_case(to_array(pred), to_array(ref), data.structures, pred.GetSpacing(), tolerance_mm)
+    return CaseResult(case, metrics, seconds)

@@ -9,18 +9,12 @@
 #   UNSEEN_RAW_DIR  optional; prepared (when missing) and tested instead of the acdc_ed test cases
 # Env: CHECKPOINT (default Model/acdc_ed_2shot/checkpoint_last.pt), PYTHON.
 source "$(dirname "${BASH_SOURCE[0]}")/../training_scripts/common.sh"
-RAW="${ACDC_RAW:+$(from_caller "$ACDC_RAW")}"
-UNSEEN=""
-if [ $# -gt 0 ] && ! is_override "$1"; then
-  [ -n "$1" ] && RAW="$(from_caller "$1")"
-  shift
-  if [ $# -gt 0 ] && ! is_override "$1"; then
-    [ -n "$1" ] && UNSEEN="$(from_caller "$1")"
-    shift
-  fi
-fi
+leading_paths 2 "$@"
+shift "$NUM_PATHS"
+RAW="${PATHS[0]:-$(env_path "${ACDC_RAW:-}")}"
 RAW="${RAW:-../shared/data/ACDC_ED}"
-CKPT="${CHECKPOINT:+$(from_caller "$CHECKPOINT")}"
+UNSEEN="${PATHS[1]}"
+CKPT="$(env_path "${CHECKPOINT:-}")"
 CKPT="${CKPT:-Model/acdc_ed_2shot/checkpoint_last.pt}"
 [ -f "$CKPT" ] || die "no checkpoint at $CKPT: train it with 'bash training_scripts/train_ACDC_2shot.sh'" \
   "(or set CHECKPOINT=<file>)"

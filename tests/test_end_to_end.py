@@ -9,6 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from tests.raw_fixtures import write_nnunet
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["model.base_channels=8", "model.channel_mults=[1,2]", "model.attention_levels=[1]",
               "model.attention_heads=2", "model.norm_groups=4"]
@@ -50,3 +52,30 @@ def test_missing_data_is_explained(tmp_path):
     done = _run("diffatlas.train", f"dataset.root={tmp_path}/none", f"hydra.run.dir={tmp_path}/t", check=False)
     assert done.returncode != 0
     assert "make demo" in done.stderr or "diffatlas.prepare" in done.stderr
+
+
+def test_nnunet_raw_to_native_scores(tmp_path):
+    raw, data = tmp_path / "raw", tmp_path / "prepared"
+    write_nnunet(raw, cases=[f"pat{n}" for n in range(5)])
+    _run("diffatlas.prepare", "source=acdc_ed", f"raw_dir={raw}", f"out_dir={data}", "shape=[16,16,16]",
+         f"hydra.run.dir={tmp_path}/p")
+    assert (data / "preparation_report.md").is_file()
+    _run("diffatlas.splits", "dataset=acdc_ed", f"dataset.root={data}", f"hydra.run.dir={tmp_path}/s")
+    assert json.loads((data / "splits" / "2shot.json").read_text())["train"].__len__() == 2
+    dataset = ["dataset=acdc_ed", f"dataset.root={data}", "split=2shot"]
+    ckpt_dir = tmp_path / "model"
+    _run("diffatlas.train", *dataset, *TINY_MODEL, f"checkpoint_dir={ckpt_dir}", "training.steps=2",
+         "training.batch_size=2", "device=cpu", f"hydra.run.dir={tmp_path}/t")
+    run_dir = tmp_path / "test"
+    done = _run("diffatlas.test", *dataset, f"checkpoint={ckpt_dir}/checkpoint_last.pt", "sampler=ddim",
+                "sampler.num_steps=2", "device=cpu", f"hydra.run.dir={run_dir}")
+    assert "scored on the native grid" in done.stdout and "scored on the prepared grid" in done.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["space"] == "prepared grid" and summary["native"]["space"] == "native"
+    assert summary["native"]["structures"] == ["RV", "Myo", "LV"] and summary["native"]["num_cases"] == 1
+    [case] = json.loads((data / "splits" / "2shot.json").read_text())["test"]
+    pred = nib.load(run_dir / "predictions_native" / f"{case}.nii.gz")
+    scan = nib.load(raw / "imagesTr" / f"{case}_0000.nii.gz")
+    assert pred.shape == scan.shape and np.allclose(pred.affine, scan.affine, atol=1e-4)
+    rows = (run_dir / "per_case.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 * 3 and sum(",native," in row for row in rows) == 3

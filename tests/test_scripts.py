@@ -126,7 +126,8 @@ def test_acdc_scripts(tmp_path):
     done, calls = _run(ROOT / "training_scripts" / "train_ACDC_2shot.sh", tmp_path, "raw", "training.steps=2")
     assert done.returncode == 0, done.stderr
     data = f"{tmp_path}/data/acdc_ed"
-    assert calls[0] == ["-m", "diffatlas.prepare", "source=acdc_ed", f"raw_dir={raw}", f"out_dir={data}"]
+    assert calls[0] == ["-m", "diffatlas.prepare", "source=acdc_ed", f"raw_dir={raw}", f"out_dir={data}",
+                        "shape=[32,32,32]"]
     assert calls[1] == ["-m", "diffatlas.splits", "dataset=acdc_ed", f"dataset.root={data}",
                         f"dataset.splits_dir={data}/splits"]
     assert calls[2][:4] == ["-m", "diffatlas.train", "dataset=acdc_ed", f"dataset.root={data}"]
@@ -142,7 +143,7 @@ def test_acdc_scripts(tmp_path):
     assert done.returncode == 0, done.stderr
     unseen = f"{tmp_path}/data/acdc_ed_unseen"
     assert calls[0] == ["-m", "diffatlas.prepare", "source=acdc_ed", f"raw_dir={raw}", f"out_dir={unseen}",
-                        "name=acdc_ed_unseen"]
+                        "shape=[32,32,32]", "name=acdc_ed_unseen"]
     assert calls[1][-1] == "shots=[]" and f"dataset.root={unseen}" in calls[1]
     assert "split=all" in calls[2] and "sampler=ddim" in calls[2] and "sampler.num_steps=50" in calls[2]
 

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from diffatlas.data.datasets import PreparedData
 from diffatlas.data.phantom import write_phantom_dataset
 from diffatlas.data.splits import (check_split_against, load_split, make_split, mmwhs_cases, save_split,
-                                   standard_splits, write_standard_splits)
+                                   split_from_recipe, standard_splits, write_standard_splits)
+from diffatlas.pipeline import load_data_and_split
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [f"case_{i:02d}" for i in range(20)]
@@ -166,3 +168,31 @@ def test_splits_command(tmp_path):
 
     done = _splits_cli(hydra_dir)
     assert done.returncode != 0 and "dataset" in done.stderr
+
+
+def test_split_configs_make_the_standard_splits(tmp_path):
+    """The recipes in configs/split/ give the same files as the splits command (and the committed MM-WHS ones)."""
+    cases = mmwhs_cases("ct")
+    standard = standard_splits(cases, "mmwhs_ct", seed=0)
+    for name in ("full", "2shot", "4shot", "all"):
+        recipe = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "split" / f"{name}.yaml"))["make"]
+        assert split_from_recipe(recipe, cases, name=name, dataset="mmwhs_ct") == standard[name]
+
+
+def test_a_missing_split_is_made_from_its_recipe_once(tmp_path):
+    data = tmp_path / "phantom_ct"
+    write_phantom_dataset(data, 6, "ct", shape=(16, 16, 16), prefix="ct")
+    split_cfg = {"name": "3shot", "file": str(tmp_path / "splits" / "3shot.json"),
+                 "make": {"test_fraction": 0.5, "seed": 1, "shots": 3}}
+    _, split = load_data_and_split({"root": str(data)}, split_cfg)
+    cases = [f"ct_{i:04d}" for i in range(6)]
+    assert split == make_split(cases, test_fraction=0.5, seed=1, shots=3, name="3shot", dataset="phantom_ct")
+    # an existing file wins over the recipe
+    _, again = load_data_and_split({"root": str(data)}, split_cfg | {"make": {"test_fraction": 0.5, "seed": 2}})
+    assert again == split
+    with pytest.raises(ValueError, match="unknown recipe keys \\['shot'\\]"):
+        split_from_recipe({"shot": 2}, cases, name="x")
+    with pytest.raises(ValueError, match="'all' takes no other settings"):
+        split_from_recipe({"all": True, "seed": 1}, cases, name="x")
+    with pytest.raises(FileNotFoundError, match="split file not found"):
+        load_data_and_split({"root": str(data)}, {"name": "x", "file": str(tmp_path / "none.json")})

@@ -83,18 +83,31 @@ ensure_splits() {
   "$PY" -m diffatlas.splits dataset="$dataset" dataset.root="$root" "$@"
 }
 
+# leading_paths <max> <args ...>: the first (up to <max>) arguments that are not Hydra overrides, made absolute
+# against the directory the script was run in ("" stays empty), in PATHS; how many were taken in NUM_PATHS.
+leading_paths() {
+  local max="$1"
+  shift
+  PATHS=("" "")
+  NUM_PATHS=0
+  while [ "$NUM_PATHS" -lt "$max" ] && [ $# -gt 0 ] && ! is_override "$1"; do
+    [ -n "$1" ] && PATHS[NUM_PATHS]="$(from_caller "$1")"
+    NUM_PATHS=$((NUM_PATHS + 1))
+    shift
+  done
+}
+
+# env_path <value>: a path from an environment variable, made absolute against the caller's directory ("" stays).
+env_path() {
+  [ -n "$1" ] && from_caller "$1" || true
+}
+
 train_paper() {
   local experiment="$1" dataset="$2" split="$3"
   shift 4
-  local data="${DATA_ROOT:+$(from_caller "$DATA_ROOT")}" out="${CHECKPOINT_DIR:+$(from_caller "$CHECKPOINT_DIR")}"
-  if [ $# -gt 0 ] && ! is_override "$1"; then
-    [ -n "$1" ] && data="$(from_caller "$1")"
-    shift
-    if [ $# -gt 0 ] && ! is_override "$1"; then
-      [ -n "$1" ] && out="$(from_caller "$1")"
-      shift
-    fi
-  fi
+  leading_paths 2 "$@"
+  shift "$NUM_PATHS"
+  local data="${PATHS[0]:-$(env_path "${DATA_ROOT:-}")}" out="${PATHS[1]:-$(env_path "${CHECKPOINT_DIR:-}")}"
   data="${data:-$DATA_BASE/$dataset}"
   out="${out:-Model/$experiment}"
   require_prepared "$dataset" "$data"
@@ -105,15 +118,9 @@ train_paper() {
 test_paper() {
   local evaluation="$1" dataset="$2" split="$3" run="$4" train_script="$5"
   shift 5
-  local data="${DATA_ROOT:+$(from_caller "$DATA_ROOT")}" ckpt="${CHECKPOINT:+$(from_caller "$CHECKPOINT")}"
-  if [ $# -gt 0 ] && ! is_override "$1"; then
-    [ -n "$1" ] && data="$(from_caller "$1")"
-    shift
-    if [ $# -gt 0 ] && ! is_override "$1"; then
-      [ -n "$1" ] && ckpt="$(from_caller "$1")"
-      shift
-    fi
-  fi
+  leading_paths 2 "$@"
+  shift "$NUM_PATHS"
+  local data="${PATHS[0]:-$(env_path "${DATA_ROOT:-}")}" ckpt="${PATHS[1]:-$(env_path "${CHECKPOINT:-}")}"
   data="${data:-$DATA_BASE/$dataset}"
   ckpt="${ckpt:-Model/$run/checkpoint_last.pt}"
   require_prepared "$dataset" "$data"
@@ -126,6 +133,9 @@ test_paper() {
 # prepare_acdc <raw folder> <out folder> <name> <split> [extra splits-command overrides]: prepare an nnU-Net raw
 # ACDC-like folder (labels RV, Myo, LV) when <out>/dataset.json is missing (named <name>; "" keeps the source's
 # name), then write its splits into <out>/splits/ (outside git: ACDC is patient data) when <split>.json is missing.
+# Crop protocol: the paper's (a cube around the labelled structures plus 10 mm), on the grid ACDC_SHAPE
+# (default [32,32,32], a CPU-sized grid; [64,64,64] is the paper's).
+ACDC_SHAPE="${ACDC_SHAPE:-[32,32,32]}"
 prepare_acdc() {
   local raw="$1" out="$2" name="$3" split="$4"
   shift 4
@@ -135,7 +145,7 @@ prepare_acdc() {
     [ -d "$raw" ] || die "no prepared data at $out and no raw nnU-Net folder at $raw: pass the folder holding" \
       "imagesTr/, labelsTr/ and dataset.json (or set ACDC_RAW); it is then prepared with" \
       "'$PY -m diffatlas.prepare source=acdc_ed raw_dir=<folder> out_dir=$out ${named[*]}'"
-    "$PY" -m diffatlas.prepare source=acdc_ed raw_dir="$raw" out_dir="$out" "${named[@]}"
+    "$PY" -m diffatlas.prepare source=acdc_ed raw_dir="$raw" out_dir="$out" shape="$ACDC_SHAPE" "${named[@]}"
   fi
   if [ ! -f "$out/splits/$split.json" ]; then
     "$PY" -m diffatlas.splits dataset=acdc_ed dataset.root="$out" dataset.splits_dir="$out/splits" "$@"

@@ -7,13 +7,11 @@
 #   RAW_DIR  nnU-Net raw folder with imagesTr/, labelsTr/, dataset.json (env ACDC_RAW; default
 #            ../shared/data/ACDC_ED, relative to the repository root)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-RAW="${ACDC_RAW:+$(from_caller "$ACDC_RAW")}"
-if [ $# -gt 0 ] && ! is_override "$1"; then
-  [ -n "$1" ] && RAW="$(from_caller "$1")"
-  shift
-fi
+leading_paths 1 "$@"
+shift "$NUM_PATHS"
+RAW="${PATHS[0]:-$(env_path "${ACDC_RAW:-}")}"
 RAW="${RAW:-../shared/data/ACDC_ED}"
-OUT_DIR="${CHECKPOINT_DIR:+$(from_caller "$CHECKPOINT_DIR")}"
+OUT_DIR="$(env_path "${CHECKPOINT_DIR:-}")"
 prepare_acdc "$RAW" "$DATA_BASE/acdc_ed" "" 2shot
 "$PY" -m diffatlas.train dataset=acdc_ed dataset.root="$DATA_BASE/acdc_ed" \
   dataset.splits_dir="$DATA_BASE/acdc_ed/splits" split=2shot training=cpu_acdc run_name=acdc_ed_2shot \

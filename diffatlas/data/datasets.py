@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffatlas.data.intensity import check_modality
-from diffatlas.data.io import read_volume, spacing_from_affine, write_volume
+from diffatlas.data.io import read_json_object, read_volume, spacing_from_affine, write_volume
 from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import default_sdf_scale, encode_sdf
 
@@ -98,7 +98,7 @@ def open_dataset_info(
     path = Path(root) / DATASET_JSON
     if not path.is_file():
         return wanted
-    existing = json.loads(path.read_text())
+    existing = read_json_object(path)
     validate_info(existing, str(path))
     clashes = [key for key in ("modality", "structures", "shape", "intensity") if existing[key] != wanted[key]]
     if clashes:
@@ -146,10 +146,7 @@ class PreparedData:
         path = self.root / DATASET_JSON
         if not path.is_file():
             raise FileNotFoundError(f"no {DATASET_JSON} in {self.root}: {_HOW_TO_MAKE}")
-        try:
-            info = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        info = read_json_object(path)
         validate_info(info, str(path))
         self.info: dict[str, Any] = info
 

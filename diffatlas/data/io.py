@@ -8,8 +8,10 @@ SimpleITK, whose LPS geometry is converted to the same RAS convention.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -135,3 +137,14 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
         raise ValueError(f"affine must be 4x4 (or its 3x4/3x3 top), got shape {affine.shape}")
     norms = np.linalg.norm(affine[:3, :3], axis=0)
     return float(norms[0]), float(norms[1]), float(norms[2])
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; ``ValueError`` names the file when it is not valid JSON or no object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value

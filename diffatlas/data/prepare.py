@@ -33,7 +33,7 @@ from diffatlas.data import geometry, sources
 from diffatlas.data.datasets import open_dataset_info, save_dataset_info, write_case
 from diffatlas.data.geometry import CropSpec, Grid
 from diffatlas.data.intensity import check_modality, intensity_spec, normalize_intensity
-from diffatlas.data.io import read_volume
+from diffatlas.data.io import read_json_object, read_volume
 from diffatlas.data.sources import HEART, MMWHS_CODES, MMWHS_DROPPED, RawCase
 from diffatlas.data.splits import save_split
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 REPORT_JSON = "preparation_report.json"
 REPORT_MD = "preparation_report.md"
 NATIVE_DIR = "native"
+MAX_LOGGED_NOTES = 5   # the rest are in the report
 
 
 class SkipCase(Exception):
@@ -205,6 +206,17 @@ def map_to_native(label: np.ndarray, info: dict[str, Any], num_structures: int) 
     return geometry.from_array(geometry.resample_labels(prepared, native_grid, num_structures), native_grid)
 
 
+def native_label(root: str | Path, info: dict[str, Any]) -> sitk.Image:
+    """The reference label (values 1..K) of a prepared case on its native scan grid."""
+    path = Path(root) / info["label"]
+    if not path.is_file():
+        raise FileNotFoundError(f"native label {path} is missing; prepare the dataset again")
+    label = sitk.ReadImage(str(path), sitk.sitkUInt8)
+    if Grid.of(label).size != Grid.from_dict(info["native_grid"]).size:
+        raise ValueError(f"native label {path} does not lie on the case's recorded native grid")
+    return label
+
+
 def prepare_dataset(cases: Sequence[RawCase], skipped: Sequence[tuple[str, str]], out_dir: str | Path, *,
                     name: str, settings: Settings, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prepare ``cases`` into ``out_dir``; returns the preparation report (also written beside the data).
@@ -225,9 +237,11 @@ def prepare_dataset(cases: Sequence[RawCase], skipped: Sequence[tuple[str, str]]
         except SkipCase as err:
             skips.append({"case": raw.case, "reason": str(err)})
             log.warning("skipped %s: %s", raw.case, err)
-    for entry in kept:
-        for note in entry["notes"]:
-            log.warning("%s: %s", entry["case"], note)
+    notes = [f"{entry['case']}: {note}" for entry in kept for note in entry["notes"]]
+    for note in notes[:MAX_LOGGED_NOTES]:
+        log.warning(note)
+    if len(notes) > MAX_LOGGED_NOTES:
+        log.warning("... and %d more notes, all listed in %s", len(notes) - MAX_LOGGED_NOTES, out / REPORT_MD)
     info["cases"] = sorted(set(info["cases"]) | {entry["case"] for entry in kept})
     info["crop"] = {"mode": settings.crop.mode, "margin_mm": settings.crop.margin_mm, "cube": settings.crop.cube,
                     "size_mm": list(settings.crop.size_mm) if settings.crop.size_mm else None}
@@ -375,13 +389,7 @@ def _load_boxes(path: str | None) -> dict[str, list[list[int]]]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"crop box file not found: {file}")
-    try:
-        boxes = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON: {err}") from err
-    if not isinstance(boxes, dict):
-        raise ValueError(f"{file}: expected {{case: [[i0, i1], [j0, j1], [k0, k1]]}}")
-    return boxes
+    return read_json_object(file)
 
 
 def settings_from_config(cfg: dict[str, Any], structures: Sequence[str]) -> Settings:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from diffatlas.data.datasets import PreparedData
+from diffatlas.data.io import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,21 @@ def make_all_split(cases: Sequence[str], name: str = "all", dataset: str = "") -
     if not ordered:
         raise ValueError("no cases to split")
     return {"name": name, "dataset": dataset, OVERLAP_KEY: True, "train": ordered, "val": [], "test": list(ordered)}
+
+
+def split_from_recipe(recipe: Mapping[str, Any], cases: Sequence[str], name: str, dataset: str = "") -> dict[str, Any]:
+    """A split made from a config recipe: ``{"all": true}`` (``make_all_split``) or the keyword arguments of
+    ``make_split`` (``test_fraction``, ``val_count``, ``seed``, ``shots``)."""
+    recipe = dict(recipe)
+    if recipe.pop("all", False):
+        if recipe:
+            raise ValueError(f"split {name}: 'all' takes no other settings, got {sorted(recipe)}")
+        return make_all_split(cases, name=name, dataset=dataset)
+    allowed = {"test_fraction", "val_count", "seed", "shots"}
+    unknown = sorted(set(recipe) - allowed)
+    if unknown:
+        raise ValueError(f"split {name}: unknown recipe keys {unknown}; allowed: {sorted(allowed)} or all")
+    return make_split(cases, name=name, dataset=dataset, **recipe)
 
 
 def standard_splits(
@@ -199,13 +215,7 @@ def load_split(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"split file not found: {path} (make the splits of a prepared dataset with "
                                 f"`python -m diffatlas.splits dataset=<name>`)")
-    try:
-        split = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(split, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return _validate(split, str(path))
+    return _validate(read_json_object(path), str(path))
 
 
 def check_split_against(split: dict[str, Any], data: PreparedData) -> None:

@@ -159,8 +159,8 @@ def summarize(
         "seconds_per_case": _nanmean([result.seconds for result in results]),
     }
     logger.info(
-        "%s on %s/%s (%d cases): mean Dice %s, NSD %s",
-        method, dataset, split, len(results), mean["dice"], mean["nsd"],
+        "%s on %s/%s (%d cases, %s): mean Dice %.4f, NSD %.4f",
+        method, dataset, split, len(results), space, mean["dice"], mean["nsd"],
     )
     return _to_json(summary)
 

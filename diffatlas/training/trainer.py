@@ -219,6 +219,7 @@ class Trainer:
         writer = SummaryWriter(self.out_dir / "tb")
         scalars: dict[str, float] = {}
         start_time = time.perf_counter()
+        first_step = self.step
         bar = tqdm(total=self.s.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=None)
         try:
             running = 0.0
@@ -238,6 +239,9 @@ class Trainer:
                         log.info("step %d val %s = %.4f", self.step, name, value)
                 if self.step % self.s.checkpoint_every == 0 or self.step == end:
                     self.save()
+                    done = self.step - first_step
+                    log.info("step %d/%d: loss %.4f, %.2f s/step", self.step, self.s.steps, running,
+                             (time.perf_counter() - start_time) / max(done, 1))
         finally:
             bar.close()
             writer.close()
