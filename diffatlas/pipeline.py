@@ -68,8 +68,9 @@ def build_diffusion(diffusion_cfg: Mapping[str, Any], layout: ChannelLayout) -> 
 
 
 def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPlan:
-    cfg = dict(sampler_cfg)
-    cfg.pop("seed", None)
+    """The timestep plan of a sampler config; the segmenter's own keys (seed, ensemble, guidance, coarse
+    masks: ``DiffAtlasSegmenter.SAMPLER_KEYS``) are left out."""
+    cfg = {k: v for k, v in dict(sampler_cfg).items() if k not in DiffAtlasSegmenter.SAMPLER_KEYS}
     return make_plan(cfg.pop("plan"), num_timesteps, **cfg)
 
 
@@ -176,8 +177,9 @@ def load_segmenter(checkpoint: str | Path, sampler_cfg: Mapping[str, Any], devic
     model.load_state_dict(ckpt["ema"])
     diffusion = build_diffusion(stored["diffusion"], layout).to(device)
     plan = build_plan(sampler_cfg, diffusion.num_timesteps)
+    options = {k: sampler_cfg[k] for k in DiffAtlasSegmenter.SAMPLER_KEYS if sampler_cfg.get(k) is not None}
     seg = DiffAtlasSegmenter(model, diffusion, layout, plan, sdf_clip=stored["sdf_clip"],
-                             seed=int(sampler_cfg.get("seed", 0)), progress=progress)
+                             sdf_scale_vox=stored["sdf_scale_vox"], progress=progress, **options)
     log.info("loaded EMA weights from %s (step %d)", checkpoint, ckpt["step"])
     return seg, stored
 

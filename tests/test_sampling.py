@@ -4,8 +4,9 @@ import torch
 from diffatlas.data.layout import ChannelLayout
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
+from diffatlas.sampling.guidance import ReconstructionGuidance
 from diffatlas.sampling.loop import ImageReplacement, make_generators, reverse_process
-from diffatlas.sampling.plans import ddim_plan, ddpm_plan, repaint_plan
+from diffatlas.sampling.plans import TimestepPlan, ddim_plan, ddpm_plan, repaint_plan
 from tests.conftest import tiny_unet
 
 T = 20
@@ -20,7 +21,7 @@ class Recorder(torch.nn.Module):
         self.inner, self.seen = inner, []
 
     def forward(self, x, t):
-        self.seen.append((int(t[0]), x[:, LAYOUT.image].clone()))
+        self.seen.append((int(t[0]), x[:, LAYOUT.image].detach().clone()))
         return self.inner(x, t)
 
 
@@ -30,15 +31,21 @@ def _net():
     return net
 
 
-@pytest.mark.parametrize("plan", [ddpm_plan(T), ddim_plan(T, 5, eta=0.5), repaint_plan(T, 4, 2)],
-                         ids=lambda p: p.name)
-def test_image_channel_is_q_sample_of_the_input_at_every_visited_step(plan):
+PLANS = [(ddpm_plan(T), False), (ddim_plan(T, 5, eta=0.5), False), (repaint_plan(T, 4, 2), False),
+         (ddpm_plan(T, start_t=6), False), (ddim_plan(T, 3, start_t=12), False),
+         (repaint_plan(T, 2, 2, start_t=5), False), (ddim_plan(T, 4, eta=0.5), True),
+         (repaint_plan(T, 2, 2, start_t=5), True)]
+
+
+@pytest.mark.parametrize("plan, guided", PLANS, ids=lambda p: p.name if hasattr(p, "name") else f"guided={p}")
+def test_image_channel_is_q_sample_of_the_input_at_every_visited_step(plan, guided):
     diffusion = GaussianDiffusion(num_timesteps=T, prediction="x0")
     image = torch.rand(1, 1, 16, 16, 16) * 2 - 1
     net = Recorder(_net())
     (g,) = make_generators([7])
     x_start = torch.randn(1, LAYOUT.num_channels, 16, 16, 16, generator=g)
-    states = list(reverse_process(net, diffusion, plan, x_start, [g],
+    guidance = ReconstructionGuidance(image, LAYOUT.image, LAYOUT.masks, scale=0.05) if guided else None
+    states = list(reverse_process(net, diffusion, plan, x_start, [g], guidance=guidance,
                                   hooks=[ImageReplacement(diffusion, image, LAYOUT.image)]))
     # replay the generator: start noise, then per move the replacement noise and the step's own noise
     (replay,) = make_generators([7])
@@ -55,6 +62,23 @@ def test_image_channel_is_q_sample_of_the_input_at_every_visited_step(plan):
     assert len(net.seen) == plan.network_evaluations
     assert torch.equal(states[-1].x[:, LAYOUT.image], image)  # the clean image at t = -1
     assert [s.t for s in states[:-1]] == list(plan.timesteps[:-1])
+
+
+def test_repaint_up_moves_draw_from_q_of_the_next_step():
+    """Going up from t to t + 1 is x_{t+1} = sqrt(1 - beta_{t+1}) x_t + sqrt(beta_{t+1}) z (Ho et al. eq. 2)."""
+    diffusion = GaussianDiffusion(num_timesteps=T, prediction="x0")
+    plan = TimestepPlan((5, 6, 7, 6, 5, 4, 3, 2, 1, 0, -1))
+    (g,) = make_generators([3])
+    x_start = torch.randn(1, LAYOUT.num_channels, 16, 16, 16, generator=g)
+    states = list(reverse_process(_net(), diffusion, plan, x_start, [g]))
+    (replay,) = make_generators([3])
+    torch.randn(x_start.shape, generator=replay)
+    for i, t in ((0, 5), (1, 6)):
+        assert states[i].t == t and states[i].x0_hat is None and states[i].t_next == t + 1
+        beta = diffusion.betas[t + 1]
+        want = (1 - beta).sqrt() * states[i].x + beta.sqrt() * torch.randn(x_start.shape[1:], generator=replay)
+        assert torch.allclose(states[i + 1].x, want, atol=1e-6)
+    assert states[2].t == 7 and states[2].x0_hat is not None
 
 
 def _segmenter(seed):

@@ -1,5 +1,6 @@
 """The one reverse loop. Plans (``plans.py``) say which timesteps to visit; hooks change the state at each
-visited timestep (image replacement, later guidance); nothing else differs between samplers.
+visited timestep (image replacement); an optional guidance term is added to each denoising move
+(``guidance.py``); nothing else differs between samplers.
 
 Randomness comes from one ``torch.Generator`` per batch element, so a case's result depends only on its
 own seed, not on which other cases share its batch.
@@ -39,6 +40,17 @@ class StepHook(Protocol):
     def __call__(self, x: torch.Tensor, t: int, generators: Sequence[torch.Generator]) -> torch.Tensor: ...
 
 
+class Guidance(Protocol):
+    """A correction added to the state after a denoising move from ``t``.
+
+    ``x_t`` ``(B, C, ...)`` requires grad and ``x0_hat`` is the network's clean estimate computed from it
+    (before clipping), so the guidance can differentiate through the denoiser. Returns a tensor shaped like
+    ``x_t``, without a graph, that the loop adds to the next state.
+    """
+
+    def __call__(self, x_t: torch.Tensor, x0_hat: torch.Tensor, t: int) -> torch.Tensor: ...
+
+
 @dataclass
 class StepState:
     """The state ``x`` at timestep ``t`` (after hooks), where the loop goes next, and the model's clean estimate
@@ -58,6 +70,7 @@ def reverse_process(
     generators: Sequence[torch.Generator],
     *,
     hooks: Sequence[StepHook] = (),
+    guidance: Guidance | None = None,
     clip_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
 ) -> Iterator[StepState]:
@@ -66,7 +79,9 @@ def reverse_process(
     Yields one :class:`StepState` per visited timestep and a last one at ``t = -1`` whose ``x`` is the sample.
     Denoising from ``t`` to ``s < t`` uses the DDIM update (Song et al. 2021, eq. 12) with the plan's ``eta``;
     with ``eta = 1`` and ``s = t - 1`` it is exactly the DDPM ancestral step (posterior variance of Ho et al.
-    eq. 7). Moving up from ``t`` to ``s > t`` draws ``x_s ~ q(x_s | x_t)``.
+    eq. 7). Moving up from ``t`` to ``s > t`` draws ``x_s ~ q(x_s | x_t)``. With ``guidance``, the network is
+    called with autograd on and the guidance's correction is added to every denoised state but the last (the
+    sample stays the clipped clean estimate); without it, the network runs under ``no_grad``.
     """
     plan.check_range(diffusion.num_timesteps)
     x = x_start
@@ -84,9 +99,16 @@ def reverse_process(
             yield StepState(t, s, x, None)
             x = x_next
             continue
-        with torch.no_grad():
-            out = denoiser(x, bt)
-        x0_hat, eps_hat = diffusion.split_prediction(out.float(), x, bt)
+        correction = None
+        if guidance is None or s < 0:
+            with torch.no_grad():
+                x0_hat, eps_hat = diffusion.split_prediction(denoiser(x, bt).float(), x, bt)
+        else:
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                x0_hat, eps_hat = diffusion.split_prediction(denoiser(x_in, bt).float(), x_in, bt)
+                correction = guidance(x_in, x0_hat, t)
+            x0_hat, eps_hat = x0_hat.detach(), eps_hat.detach()
         if clip_x0 is not None:
             x0_hat = clip_x0(x0_hat)
             eps_hat = diffusion.eps_from_x0(x, bt, x0_hat)
@@ -94,6 +116,8 @@ def reverse_process(
         x_next = ab_s.sqrt() * x0_hat + (1 - ab_s - sigma**2).clamp(min=0).sqrt() * eps_hat
         if s >= 0 and plan.eta > 0:
             x_next = x_next + sigma * randn_like_per_sample(x, generators)
+        if correction is not None:
+            x_next = x_next + correction
         yield StepState(t, s, x, x0_hat)
         x = x_next
     for hook in hooks:

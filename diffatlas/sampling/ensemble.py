@@ -1,0 +1,77 @@
+"""Fusing an ensemble of sampled SDFs into one label map and a per-voxel uncertainty map.
+
+Members are stacked as ``(N, B, K, *spatial)``: N samples of a batch of B cases with K structure SDFs each.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+from diffatlas.data.sdf import decode_sdf_torch
+
+
+class Fusion(str, Enum):
+    MEAN_SDF = "mean_sdf"  # decode the voxel-wise mean of the members' SDFs
+    VOTE = "vote"  # decode every member, then the most frequent label (ties to the lowest label)
+
+
+class Uncertainty(str, Enum):
+    SDF_STD = "sdf_std"  # standard deviation of the SDFs across members, the largest over structures
+    ENTROPY = "entropy"  # entropy (nats) of the members' decoded labels
+
+
+def parse_option(enum_cls: type[Enum], value: str, what: str) -> Enum:
+    """``enum_cls(value)`` with an error message that names the allowed values."""
+    try:
+        return enum_cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(e.value) for e in enum_cls)
+        raise ValueError(f"unknown {what} {value!r}; allowed: {allowed}") from None
+
+
+def _check_members(sdfs: torch.Tensor) -> None:
+    if sdfs.ndim < 4:
+        raise ValueError(f"expected member SDFs shaped (N, B, K, *spatial), got {tuple(sdfs.shape)}")
+
+
+def _label_counts(sdfs: torch.Tensor) -> torch.Tensor:
+    """``(N, B, K, *spatial)`` -> votes per label ``(B, K + 1, *spatial)`` (label 0 is background)."""
+    num_labels = sdfs.shape[2] + 1
+    labels = decode_sdf_torch(sdfs.flatten(0, 1)).view(sdfs.shape[0], sdfs.shape[1], *sdfs.shape[3:])
+    one_hot = torch.nn.functional.one_hot(labels, num_labels).movedim(-1, 2)
+    return one_hot.sum(dim=0)
+
+
+def _shifted_moments(sdfs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Member mean and population variance ``(B, K, *spatial)``, computed about the first member
+    (``d_n = x_n - x_0``: mean ``x_0 + E[d]``, variance ``E[d^2] - E[d]^2``), so identical members give
+    their own value and a variance of exactly 0."""
+    d = sdfs.float() - sdfs[0].float()
+    mean_d = d.mean(dim=0)
+    return sdfs[0].float() + mean_d, (d.pow(2).mean(dim=0) - mean_d.pow(2)).clamp(min=0)
+
+
+def fuse(sdfs: torch.Tensor, fusion: str = Fusion.MEAN_SDF.value) -> torch.Tensor:
+    """Fused label maps ``(B, *spatial)`` (int64) from member SDFs ``(N, B, K, *spatial)``."""
+    kind = parse_option(Fusion, fusion, "fusion")
+    _check_members(sdfs)
+    if kind is Fusion.MEAN_SDF:
+        return decode_sdf_torch(_shifted_moments(sdfs)[0])
+    return _label_counts(sdfs).argmax(dim=1)
+
+
+def uncertainty_map(sdfs: torch.Tensor, uncertainty: str = Uncertainty.SDF_STD.value) -> torch.Tensor:
+    """Per-voxel uncertainty ``(B, *spatial)`` (float32) from member SDFs ``(N, B, K, *spatial)``.
+
+    ``sdf_std``: ``max_k std_n sdf[n, b, k]`` (population standard deviation over the N members).
+    ``entropy``: ``-sum_l p_l log p_l`` with ``p_l`` the fraction of members voting label ``l``.
+    Both are exactly 0 where all members agree.
+    """
+    kind = parse_option(Uncertainty, uncertainty, "uncertainty")
+    _check_members(sdfs)
+    if kind is Uncertainty.SDF_STD:
+        return _shifted_moments(sdfs)[1].sqrt().amax(dim=1)
+    p = _label_counts(sdfs).float() / sdfs.shape[0]
+    return (-p * torch.log(p.clamp(min=1e-12))).sum(dim=1)
