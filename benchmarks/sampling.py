@@ -15,9 +15,8 @@ Dice and NSD (at ``--tolerance-mm``, real spacing) are means over structures (Na
 The table is printed and ``sampling.json`` (a list of ``{"plan", "network_evaluations", "dice", "nsd",
 "seconds_per_case"}``) is written to ``--out``.
 
-Threads: ``--threads 1`` by default. On the 2-core development machine shared with another job, two threads made
-a forward pass of the denoiser about 40 times slower than one (thread contention); on an idle machine pass
-``--threads 2``.
+Threads: ``--threads 1`` by default, which keeps timings stable when another job shares the cores (two threads
+competing with it for two cores oversubscribe them); on an idle machine pass ``--threads 2``.
 """
 
 from __future__ import annotations

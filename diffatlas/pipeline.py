@@ -2,7 +2,7 @@
 
 ``train(cfg)`` fits the joint image-mask denoiser on a split's training cases and writes checkpoints;
 ``test(cfg)`` loads the EMA weights, segments the split's test cases with the configured sampler, and writes
-predictions (NIfTI, the input's affine), ``per_case.csv``, ``summary.json`` and ``table.md``. Cases prepared
+predictions (NIfTI, the input's affine; with an ensemble also ``<case>_uncertainty.nii.gz``), ``per_case.csv``, ``summary.json`` and ``table.md``. Cases prepared
 from real scans are also mapped back onto their scan's own grid (``predictions_native/``) and scored there
 with the native spacing; ``summary.json`` then holds that summary under ``"native"``.
 The network, diffusion and SDF settings used at test time are read from the checkpoint, never re-typed.
@@ -211,17 +211,23 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
         chunk = [data.load_case(c) for c in cases[start:start + batch_size]]
         images = torch.from_numpy(np.stack([c.image for c in chunk])[:, None]).float().to(device)
         t0 = time.perf_counter()
-        labels = seg.segment(images, [c.case for c in chunk]).cpu().numpy().astype(np.uint8)
+        fused, spread = seg.segment_with_uncertainty(images, [c.case for c in chunk])
+        labels = fused.cpu().numpy().astype(np.uint8)
         seconds = (time.perf_counter() - t0) / len(chunk)
-        for case, label in zip(chunk, labels):
+        for n, (case, label) in enumerate(zip(chunk, labels)):
             write_volume(pred_dir / f"{case.case}.nii.gz", label, case.affine)
+            if spread is not None:
+                write_volume(pred_dir / f"{case.case}_uncertainty.nii.gz",
+                             spread[n].cpu().numpy().astype(np.float32), case.affine)
             metrics = evaluate_case(label, case.label, data.structures, case.spacing_mm, tolerance)
             results.append(CaseResult(case.case, metrics, seconds))
             if score_native:
                 native_results.append(_score_native(label, data, case.case, natives[case.case], tolerance,
                                                     run_dir / NATIVE_PREDICTIONS, seconds))
-    sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.plan.network_evaluations,
-                    "eta": seg.plan.eta, "seed": seg.seed}
+    sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.network_evaluations, "eta": seg.plan.eta,
+                    "seed": seg.seed, "ensemble_size": seg.ensemble_size, "fusion": seg.fusion,
+                    "uncertainty": seg.uncertainty if seg.ensemble_size > 1 else None,
+                    "guidance_scale": seg.guidance_scale}
     split_name = split.get("name", Path(cfg["split"]["file"]).stem)
     summary = summarize(results, data.structures, method="DiffAtlas", dataset=data.name, split=split_name,
                         tolerance_mm=tolerance, sampler=sampler_info)

@@ -36,16 +36,20 @@ def test_prepare_train_test(tmp_path):
     assert (ckpt_dir / "checkpoint_last.pt").is_file()
     run_dir = tmp_path / "test"
     done = _run("diffatlas.test", *dataset, f"checkpoint={ckpt_dir}/checkpoint_last.pt", "sampler=ddim",
-                "sampler.num_steps=3", "device=cpu", f"hydra.run.dir={run_dir}")
+                "sampler.num_steps=3", "sampler.ensemble_size=2", "device=cpu", f"hydra.run.dir={run_dir}")
     assert "| Average |" in done.stdout and "Dice (%)" in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_cases"] == 2 and summary["structures"] == ["Myo", "LV", "LA", "RA", "RV"]
     assert summary["sampler"]["plan"] == "ddim3" and summary["nsd_tolerance_mm"] == 2.0
+    assert summary["sampler"]["network_evaluations"] == 6 and summary["sampler"]["uncertainty"] == "sdf_std"
+    spread = nib.load(run_dir / "predictions" / "ct_test_0003_uncertainty.nii.gz")
+    assert spread.shape == (16, 16, 16) and np.asarray(spread.dataobj).min() >= 0
     assert (run_dir / "table.md").read_text().strip() in done.stdout
     assert len((run_dir / "per_case.csv").read_text().strip().splitlines()) == 1 + 2 * 5
     pred = nib.load(run_dir / "predictions" / "ct_test_0003.nii.gz")
     image = nib.load(data / "images" / "ct_test_0003.nii.gz")
     assert np.allclose(pred.affine, image.affine) and pred.shape == image.shape
+    assert np.allclose(spread.affine, image.affine)
 
 
 def test_missing_data_is_explained(tmp_path):
