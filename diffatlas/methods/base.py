@@ -1,0 +1,43 @@
+"""The interface every segmentation method follows: fit on a split, segment a case.
+
+A method is fitted once on the training cases of a prepared dataset (training a network, or storing
+atlases) and then segments one prepared case at a time. ``segment`` returns a uint8 label map on the
+case's own grid, ``(X, Y, Z)``, 0 background and ``1..K`` the dataset's structures in order
+(``PreparedData.structures``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from diffatlas.data.datasets import CaseData, PreparedData
+
+
+@runtime_checkable
+class SegmentationMethod(Protocol):
+    """A segmenter with a short ``name`` (the row label in result tables)."""
+
+    name: str
+
+    def fit(self, data: PreparedData, train_cases: Sequence[str]) -> None:
+        """Learn from ``train_cases`` of ``data`` (case ids listed in its ``dataset.json``)."""
+        ...
+
+    def segment(self, case: CaseData) -> np.ndarray:
+        """The uint8 label map ``(X, Y, Z)`` of ``case`` (0 background, 1..K structures)."""
+        ...
+
+
+def check_train_cases(data: PreparedData, train_cases: Sequence[str]) -> tuple[str, ...]:
+    """``train_cases`` as a tuple, after checking it is non-empty, has no repeats and names cases of ``data``."""
+    cases = tuple(train_cases)
+    if not cases:
+        raise ValueError(f"no training cases given for dataset {data.name!r}")
+    if len(set(cases)) != len(cases):
+        raise ValueError(f"training cases repeat: {sorted(c for c in set(cases) if cases.count(c) > 1)}")
+    unknown = [case for case in cases if case not in data.cases]
+    if unknown:
+        raise ValueError(f"training cases {unknown} are not in dataset {data.name!r} ({data.root})")
+    return cases
