@@ -10,6 +10,7 @@ The network, diffusion and SDF settings used at test time are read from the chec
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 import torch
+from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
-from diffatlas.data.datasets import JointDataset, PreparedData
+from diffatlas.data.datasets import CaseData, JointDataset, PreparedData
 from diffatlas.data.geometry import to_array
 from diffatlas.data.io import write_volume
 from diffatlas.data.layout import ChannelLayout
@@ -30,7 +32,7 @@ from diffatlas.data.sdf import default_sdf_scale
 from diffatlas.data.splits import check_split_against, load_split, save_split, split_from_recipe
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.evaluation.metrics import evaluate_case
-from diffatlas.evaluation.report import CaseResult, summarize, write_reports
+from diffatlas.evaluation.report import CaseResult, format_comparison_table, summarize, write_reports
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import UNet, count_parameters
 from diffatlas.sampling.plans import TimestepPlan, make_plan
@@ -121,14 +123,21 @@ def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def train(cfg: Mapping[str, Any]) -> Path:
-    """Train the joint denoiser; returns the path of the last checkpoint."""
-    device = resolve_device(cfg["device"])
+    """Train the joint denoiser on the split's training cases; returns the path of the last checkpoint."""
     data, split = load_data_and_split(cfg["dataset"], cfg["split"])
-    layout = ChannelLayout(data.num_structures)
-    clip, scale = sdf_settings(cfg["dataset"], data)
     if not split["train"]:
         raise ValueError(f"split {cfg['split']['file']} has no training cases (a test-only split?)")
-    dataset = JointDataset(data, list(split["train"]), sdf_clip=clip, sdf_scale_vox=scale)
+    return fit_denoiser(cfg, data, list(split["train"]), list(split.get("val", [])), split.get("name", ""))
+
+
+def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[str], val_cases: list[str],
+                 split_name: str) -> Path:
+    """Train the joint denoiser on ``train_cases`` of ``data`` (validation Dice on ``val_cases``) with the
+    ``model``, ``diffusion`` and ``training`` settings of ``cfg``; returns the path of the last checkpoint."""
+    device = resolve_device(cfg["device"])
+    layout = ChannelLayout(data.num_structures)
+    clip, scale = sdf_settings(cfg["dataset"], data)
+    dataset = JointDataset(data, train_cases, sdf_clip=clip, sdf_scale_vox=scale)
     torch.manual_seed(int(cfg["seed"]))
     model = build_denoiser(cfg["model"], layout)
     diffusion = build_diffusion(cfg["diffusion"], layout).to(device)
@@ -140,11 +149,11 @@ def train(cfg: Mapping[str, Any]) -> Path:
         "model": dict(cfg["model"]), "diffusion": dict(cfg["diffusion"]),
         "structures": list(data.structures), "sdf_clip": clip, "sdf_scale_vox": scale,
         "shape": list(data.shape), "dataset": data.name, "modality": data.modality,
-        "split": split.get("name", ""), "run": dict(cfg),
+        "split": split_name, "run": dict(cfg),
     }
     validate = None
-    if settings.val_every and split.get("val"):
-        validate = _validator(cfg, data, list(split["val"]), diffusion, layout, clip, device)
+    if settings.val_every and val_cases:
+        validate = _validator(cfg, data, val_cases, diffusion, layout, clip, device)
     trainer = Trainer(model, diffusion_objective(diffusion), dataset, cfg["checkpoint_dir"], settings,
                       config=stored, validate=validate, device=device)
     trainer.fit(resume=bool(cfg.get("resume", True)))
@@ -201,12 +210,7 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     if not cases:
         raise ValueError(f"split {cfg['split']['file']} has no test cases")
     batch_size = int(cfg.get("batch_size", 4))
-    tolerance = float(cfg["nsd_tolerance_mm"])
-    natives = {c: native_info(data.root, c) for c in cases}
-    score_native = all(info is not None for info in natives.values())
-    results: list[CaseResult] = []
-    native_results: list[CaseResult] = []
-    pred_dir = run_dir / "predictions"
+    scores = ScoreSheet(data, cases, float(cfg["nsd_tolerance_mm"]), run_dir)
     for start in tqdm(range(0, len(cases), batch_size), desc="test", disable=None):
         chunk = [data.load_case(c) for c in cases[start:start + batch_size]]
         images = torch.from_numpy(np.stack([c.image for c in chunk])[:, None]).float().to(device)
@@ -215,29 +219,56 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
         labels = fused.cpu().numpy().astype(np.uint8)
         seconds = (time.perf_counter() - t0) / len(chunk)
         for n, (case, label) in enumerate(zip(chunk, labels)):
-            write_volume(pred_dir / f"{case.case}.nii.gz", label, case.affine)
+            scores.add(case, label, seconds)
             if spread is not None:
-                write_volume(pred_dir / f"{case.case}_uncertainty.nii.gz",
+                write_volume(scores.pred_dir / f"{case.case}_uncertainty.nii.gz",
                              spread[n].cpu().numpy().astype(np.float32), case.affine)
-            metrics = evaluate_case(label, case.label, data.structures, case.spacing_mm, tolerance)
-            results.append(CaseResult(case.case, metrics, seconds))
-            if score_native:
-                native_results.append(_score_native(label, data, case.case, natives[case.case], tolerance,
-                                                    run_dir / NATIVE_PREDICTIONS, seconds))
     sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.network_evaluations, "eta": seg.plan.eta,
                     "seed": seg.seed, "ensemble_size": seg.ensemble_size, "fusion": seg.fusion,
                     "uncertainty": seg.uncertainty if seg.ensemble_size > 1 else None,
                     "guidance_scale": seg.guidance_scale}
-    split_name = split.get("name", Path(cfg["split"]["file"]).stem)
-    summary = summarize(results, data.structures, method="DiffAtlas", dataset=data.name, split=split_name,
-                        tolerance_mm=tolerance, sampler=sampler_info)
-    if native_results:
-        summary["native"] = summarize(native_results, data.structures, method="DiffAtlas", dataset=data.name,
-                                      split=split_name, tolerance_mm=tolerance, sampler=sampler_info,
-                                      space="native")
-    write_reports(run_dir, results, summary, native_results)
+    summary = scores.finish("DiffAtlas", split.get("name", Path(cfg["split"]["file"]).stem), sampler_info)
     log.info("results written to %s", run_dir)
     return summary
+
+
+class ScoreSheet:
+    """Collects the scores of one method on one test set and writes its reports.
+
+    Every prediction is written to ``<run_dir>/predictions/`` (the prepared grid's affine) and scored there;
+    when every case was prepared from a raw scan, it is also mapped back onto the scan's own grid, written to
+    ``<run_dir>/predictions_native/`` and scored with the native spacing.
+    """
+
+    def __init__(self, data: PreparedData, cases: list[str], tolerance_mm: float, run_dir: Path):
+        self.data = data
+        self.tolerance_mm = tolerance_mm
+        self.run_dir = Path(run_dir)
+        self.pred_dir = self.run_dir / "predictions"
+        self.natives = {c: native_info(data.root, c) for c in cases}
+        self.score_native = all(info is not None for info in self.natives.values())
+        self.results: list[CaseResult] = []
+        self.native_results: list[CaseResult] = []
+
+    def add(self, case: CaseData, label: np.ndarray, seconds: float) -> None:
+        """Write and score the prediction ``label`` ``(X, Y, Z)`` of ``case``."""
+        write_volume(self.pred_dir / f"{case.case}.nii.gz", label, case.affine)
+        metrics = evaluate_case(label, case.label, self.data.structures, case.spacing_mm, self.tolerance_mm)
+        self.results.append(CaseResult(case.case, metrics, seconds))
+        if self.score_native:
+            self.native_results.append(_score_native(label, self.data, case.case, self.natives[case.case],
+                                                     self.tolerance_mm, self.run_dir / NATIVE_PREDICTIONS, seconds))
+
+    def finish(self, method: str, split_name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Summarise (with a ``native`` sub-summary when scored there), write the reports, return the summary."""
+        summary = summarize(self.results, self.data.structures, method=method, dataset=self.data.name,
+                            split=split_name, tolerance_mm=self.tolerance_mm, sampler=settings)
+        if self.native_results:
+            summary["native"] = summarize(self.native_results, self.data.structures, method=method,
+                                          dataset=self.data.name, split=split_name,
+                                          tolerance_mm=self.tolerance_mm, sampler=settings, space="native")
+        write_reports(self.run_dir, self.results, summary, self.native_results)
+        return summary
 
 
 def _score_native(label: np.ndarray, data: PreparedData, case: str, info: Mapping[str, Any], tolerance_mm: float,
@@ -250,3 +281,86 @@ def _score_native(label: np.ndarray, data: PreparedData, case: str, info: Mappin
     sitk.WriteImage(pred, str(out_dir / f"{case}.nii.gz"), True)
     metrics = evaluate_case(to_array(pred), to_array(ref), data.structures, pred.GetSpacing(), tolerance_mm)
     return CaseResult(case, metrics, seconds)
+
+
+PAPER_ROWS = {"icf": "(a) ICF", "rba": "(b) RBA", "icmd": "(c) ICMD", "diffatlas": "(d) DiffAtlas"}
+"""Row labels of the paper's comparison tables, by method key."""
+
+
+class DiffAtlasMethod:
+    """DiffAtlas behind the baselines' ``fit`` / ``segment`` interface (``diffatlas.methods.base``): ``fit``
+    trains the joint denoiser with ``cfg``'s model, diffusion and training settings into
+    ``cfg["checkpoint_dir"]``; ``segment`` samples with ``cfg["sampler"]`` and the EMA weights."""
+
+    name = "DiffAtlas"
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        self.cfg = cfg
+        self.device = resolve_device(cfg["device"])
+        self.segmenter: DiffAtlasSegmenter | None = None
+
+    def fit(self, data: PreparedData, train_cases: list[str]) -> None:
+        checkpoint = fit_denoiser(self.cfg, data, list(train_cases), [], self.cfg["split"]["name"])
+        self.segmenter, _ = load_segmenter(checkpoint, self.cfg["sampler"], self.device)
+
+    def segment(self, case: CaseData) -> np.ndarray:
+        if self.segmenter is None:
+            raise RuntimeError("DiffAtlasMethod.segment called before fit")
+        image = torch.from_numpy(case.image[None, None]).float().to(self.device)
+        return self.segmenter.segment(image, [case.case])[0].cpu().numpy().astype(np.uint8)
+
+
+def build_method(key: str, cfg: Mapping[str, Any]) -> Any:
+    """The method ``key`` of a compare config: ``diffatlas``, or a baseline configured under ``baselines``."""
+    if key == "diffatlas":
+        return DiffAtlasMethod(cfg)
+    baselines = dict(cfg.get("baselines") or {})
+    if key not in baselines:
+        raise ValueError(f"unknown method {key!r}; configured: {['diffatlas', *baselines]}")
+    return instantiate(baselines[key])
+
+
+def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]:
+    """Fit every method of ``cfg["methods"]`` on the split's training cases, segment and score its test cases.
+
+    Each method's predictions and reports go to ``<run_dir>/<method>/``; the combined table (the paper's
+    layout, rows (a)-(d)) to ``<run_dir>/table.md`` and the summaries to ``<run_dir>/summary.json``. Returns
+    the summaries, in ``cfg["methods"]`` order.
+    """
+    run_dir = Path(run_dir)
+    data, split = load_data_and_split(cfg["dataset"], cfg["split"])
+    train_cases, test_cases = list(split["train"]), list(split["test"])
+    if not train_cases or not test_cases:
+        raise ValueError(f"split {cfg['split']['file']} needs training and test cases to compare methods")
+    keys = list(cfg["methods"])
+    if not keys or len(set(keys)) != len(keys):
+        raise ValueError(f"methods must list distinct methods, got {keys}")
+    methods = {key: build_method(key, cfg) for key in keys}
+    summaries = []
+    for key, method in methods.items():
+        log.info("%s: fitting on %d training cases", key, len(train_cases))
+        start = time.perf_counter()
+        method.fit(data, train_cases)
+        fit_seconds = time.perf_counter() - start
+        scores = ScoreSheet(data, test_cases, float(cfg["nsd_tolerance_mm"]), run_dir / key)
+        for case_id in tqdm(test_cases, desc=key, disable=None):
+            case = data.load_case(case_id)
+            start = time.perf_counter()
+            label = np.asarray(method.segment(case), dtype=np.uint8)
+            scores.add(case, label, time.perf_counter() - start)
+        settings = {"fit_seconds": fit_seconds, "train_cases": len(train_cases)}
+        summaries.append(scores.finish(PAPER_ROWS.get(key, key), cfg["split"]["name"], settings))
+    write_comparison(run_dir, summaries)
+    return summaries
+
+
+def write_comparison(run_dir: Path, summaries: list[dict[str, Any]]) -> str:
+    """``table.md`` (prepared grid, then native space when every method was scored there) and ``summary.json``
+    in ``run_dir``; returns the table text."""
+    table = format_comparison_table(summaries)
+    if all(s.get("native") for s in summaries):
+        table += "\n" + format_comparison_table([s["native"] for s in summaries])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "table.md").write_text(table)
+    (run_dir / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    return table

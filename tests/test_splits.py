@@ -131,6 +131,8 @@ def test_committed_phantom_splits_load():
     ct, mr = load_split(splits / "phantom_ct" / "full.json"), load_split(splits / "phantom_mr" / "full.json")
     assert (len(ct["train"]), len(ct["val"]), len(ct["test"])) == (40, 2, 10)
     assert mr["train"] == [c.replace("ct_", "mr_") for c in ct["train"]] and mr["dataset"] == "phantom_mr"
+    two = load_split(splits / "phantom_ct" / "2shot.json")
+    assert two["train"] == ct["train"][:2] and two["test"] == ct["test"] and two["val"] == ct["val"]
     zero = load_split(splits / "phantom_mr" / "zeroshot.json")
     assert zero["train"] == [] and zero["test"] == [f"mr_test_{i:04d}" for i in range(10)]
 
