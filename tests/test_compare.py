@@ -15,6 +15,10 @@ FAST_RBA = ["baselines.rba.affine_iterations=5", "baselines.rba.deformable=none"
 TINY_ICF = ["baselines.icf.network.base_channels=8", "baselines.icf.network.channel_mults=[1,2]",
             "baselines.icf.network.norm_groups=4", "baselines.icf.training.steps=2",
             "baselines.icf.training.batch_size=2", "baselines.icf.device=cpu"]
+TINY_ICMD = ["baselines.icmd.network.base_channels=8", "baselines.icmd.network.channel_mults=[1,2]",
+             "baselines.icmd.network.attention_levels=[1]", "baselines.icmd.network.attention_heads=2",
+             "baselines.icmd.network.norm_groups=4", "baselines.icmd.training.steps=2",
+             "baselines.icmd.training.batch_size=2", "baselines.icmd.num_steps=2", "baselines.icmd.device=cpu"]
 
 
 def test_compare_writes_the_paper_table(tmp_path):
@@ -25,16 +29,16 @@ def test_compare_writes_the_paper_table(tmp_path):
     done = _run("diffatlas.compare", f"dataset.root={data}", f"split.file={split}", "split.name=2shot",
                 *TINY_MODEL, "training.steps=2", "training.batch_size=2", "sampler.num_steps=2", "device=cpu",
                 f"checkpoint_dir={tmp_path}/diffatlas", f"baselines.icf.out_dir={tmp_path}/icf", *FAST_RBA,
-                *TINY_ICF, f"hydra.run.dir={run_dir}")
+                *TINY_ICF, *TINY_ICMD, f"baselines.icmd.out_dir={tmp_path}/icmd", f"hydra.run.dir={run_dir}")
     table = (run_dir / "table.md").read_text()
     assert table.strip() in done.stdout
     rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines() if line.startswith("| (")]
-    assert rows == ["(a) ICF", "(b) RBA", "(d) DiffAtlas"]
+    assert rows == ["(a) ICF", "(b) RBA", "(c) ICMD", "(d) DiffAtlas"]
     assert "Myo Dice" in table and "Average NSD" in table
     summaries = json.loads((run_dir / "summary.json").read_text())
     assert [s["method"] for s in summaries] == rows
     assert all(s["num_cases"] == 2 and s["sampler"]["train_cases"] == 2 for s in summaries)
-    for key in ("icf", "rba", "diffatlas"):
+    for key in ("icf", "rba", "icmd", "diffatlas"):
         assert json.loads((run_dir / key / "summary.json").read_text())["method"] in rows
         pred = nib.load(run_dir / key / "predictions" / "ct_test_0002.nii.gz")
         image = nib.load(data / "images" / "ct_test_0002.nii.gz")

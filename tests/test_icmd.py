@@ -270,8 +270,12 @@ def test_predictor_corrector_samples_a_gaussian_with_its_exact_score(mode: str, 
 def test_config_builds_the_method(tmp_path: Path) -> None:
     config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "method" / "icmd.yaml").read_text())
     assert config.pop("_target_") == "diffatlas.methods.icmd.ICMD"
-    config["out_dir"] = tmp_path
+    # the SDF settings follow the dataset config (interpolations resolved by Hydra in the main config)
+    assert config["sdf_clip"] == "${dataset.sdf_clip}" and config["sdf_scale_vox"] == "${dataset.sdf_scale_vox}"
+    config.update(out_dir=tmp_path, sdf_clip=0.2, sdf_scale_vox=None)
     icmd = ICMD(**config)
     assert icmd.mode is Mode.DDPM and icmd.diffusion.num_timesteps == 300 and icmd.plan.network_evaluations == 50
+    assert icmd.diffusion.prediction == "x0"
+    eps = dict(config["diffusion"], prediction="eps")
     for mode in ("vp_sde", "ve_sde"):
-        assert ICMD(**dict(config, mode=mode)).network_evaluations == 100
+        assert ICMD(**dict(config, mode=mode, diffusion=eps)).network_evaluations == 100
