@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The paper's comparison on CT phantoms, 2-shot, with a quick CPU configuration: (a) ICF, (b) RBA, (c) ICMD and
+# (d) DiffAtlas fitted on the same 2 training phantoms and scored on the same 10 test phantoms. The three trained
+# methods get the same budget (1,200 steps of batch 4, unet_small-sized networks, the phantom SDF encoding);
+# RBA uses every training case as an atlas. Makes the CT phantoms when they are missing; prints the table and
+# writes it (table.md, summary.json, each method's predictions and reports) to
+# outputs/compare/compare_phantom_ct_2shot/<date>/. Checkpoints: Model/compare_phantom_ct_2shot/.
+# Usage: bash testing_scripts/compare_phantom.sh [Hydra overrides ...]   e.g. methods=[rba,diffatlas]
+# Env: PYTHON (default .venv/bin/python, else python3), DIFFATLAS_DATA (default outputs/data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+DATA="${DIFFATLAS_DATA:-outputs/data}"
+if [ ! -f "$DATA/phantom_ct/dataset.json" ]; then
+  "$PY" -m diffatlas.prepare phantom.modality=ct
+fi
+STEPS=1200
+"$PY" -m diffatlas.compare dataset=phantom_ct split=2shot \
+  training.steps=$STEPS \
+  baselines.icf.training.steps=$STEPS baselines.icf.training.batch_size=4 \
+  baselines.icmd.training.steps=$STEPS baselines.icmd.training.batch_size=4 "$@"
