@@ -10,7 +10,6 @@ import torch
 import yaml
 
 from diffatlas.data.datasets import PreparedData
-from diffatlas.data.phantom import write_phantom_dataset
 from diffatlas.methods.base import SegmentationMethod
 from diffatlas.methods.icf import ICF, ImageLabelDataset, segmentation_loss, segmentation_objective
 
@@ -18,20 +17,12 @@ NETWORK = dict(base_channels=8, channel_mults=(1, 2), attention_levels=(), norm_
 TRAINING = dict(steps=30, batch_size=2, lr=3e-3, ema_decay=0.9, checkpoint_every=1000, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine, spinning intra-op threads slow these tests tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    root = tmp_path_factory.mktemp("icf_data")
-    write_phantom_dataset(root, 3, "ct", shape=(16, 16, 16), fov_mm=128.0, seed=0)
-    return PreparedData(root)
+def data(tiny_ct_phantoms: PreparedData) -> PreparedData:
+    return tiny_ct_phantoms
 
 
 def _loss(model: torch.nn.Module, data: PreparedData, cases: list[str]) -> float:

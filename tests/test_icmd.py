@@ -12,7 +12,6 @@ import yaml
 from torch import nn
 
 from diffatlas.data.datasets import JointDataset, PreparedData
-from diffatlas.data.phantom import write_phantom_dataset
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.methods.base import SegmentationMethod
 from diffatlas.methods.icmd import (ICMD, DiscreteSDE, JointDenoiser, KeepImage, Mode, mask_objective,
@@ -26,20 +25,12 @@ SAMPLER = dict(plan="ddim", num_steps=4)
 MODES = [m.value for m in Mode]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine, spinning intra-op threads slow these tests tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    root = tmp_path_factory.mktemp("icmd_data")
-    write_phantom_dataset(root, 3, "ct", shape=(16, 16, 16), fov_mm=128.0, seed=0)
-    return PreparedData(root)
+def data(tiny_ct_phantoms: PreparedData) -> PreparedData:
+    return tiny_ct_phantoms
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffatlas.options import parse_option
+
 
 class Schedule(str, Enum):
     COSINE = "cosine"
@@ -33,14 +35,6 @@ class LossType(str, Enum):
     L2 = "l2"
 
 
-def _enum(enum_cls: type[Enum], value: str, what: str) -> Enum:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(e.value) for e in enum_cls)
-        raise ValueError(f"unknown {what} {value!r}; allowed: {allowed}") from None
-
-
 def make_betas(schedule: str, num_timesteps: int, *, beta_start: float = 1e-4, beta_end: float = 2e-2,
                cosine_s: float = 0.008) -> np.ndarray:
     """Betas ``(T,)`` in float64.
@@ -49,7 +43,7 @@ def make_betas(schedule: str, num_timesteps: int, *, beta_start: float = 1e-4, b
     ``alpha_bar(t) = f(t) / f(0)`` with ``f(t) = cos^2(((t / T + s) / (1 + s)) * pi / 2)`` and
     ``beta_t = 1 - alpha_bar(t + 1) / alpha_bar(t)``, clipped at 0.999.
     """
-    kind = _enum(Schedule, schedule, "schedule")
+    kind = parse_option(Schedule, schedule, "schedule")
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if kind is Schedule.LINEAR:
@@ -82,9 +76,9 @@ class GaussianDiffusion(nn.Module):
                  beta_start: float = 1e-4, beta_end: float = 2e-2, cosine_s: float = 0.008):
         super().__init__()
         self.num_timesteps = int(num_timesteps)
-        self.schedule = _enum(Schedule, schedule, "schedule").value
-        self.prediction = _enum(Prediction, prediction, "prediction").value
-        self.loss_type = _enum(LossType, loss, "loss").value
+        self.schedule = parse_option(Schedule, schedule, "schedule").value
+        self.prediction = parse_option(Prediction, prediction, "prediction").value
+        self.loss_type = parse_option(LossType, loss, "loss").value
         betas = make_betas(schedule, num_timesteps, beta_start=beta_start, beta_end=beta_end, cosine_s=cosine_s)
         alphas_cumprod = np.cumprod(1.0 - betas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])

@@ -25,7 +25,8 @@ from diffatlas.data.io import read_volume
 from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import encode_sdf
 from diffatlas.diffusion.gaussian import GaussianDiffusion
-from diffatlas.sampling.ensemble import Fusion, Uncertainty, fuse, parse_option, uncertainty_map
+from diffatlas.options import parse_option
+from diffatlas.sampling.ensemble import Fusion, Uncertainty, fuse, uncertainty_map
 from diffatlas.sampling.guidance import ReconstructionGuidance
 from diffatlas.sampling.loop import (ImageReplacement, make_generators, randn_like_per_sample, reverse_process,
                                     run_to_end)

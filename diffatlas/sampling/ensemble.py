@@ -10,6 +10,7 @@ from enum import Enum
 import torch
 
 from diffatlas.data.sdf import decode_sdf_torch
+from diffatlas.options import parse_option
 
 
 class Fusion(str, Enum):
@@ -20,15 +21,6 @@ class Fusion(str, Enum):
 class Uncertainty(str, Enum):
     SDF_STD = "sdf_std"  # standard deviation of the SDFs across members, the largest over structures
     ENTROPY = "entropy"  # entropy (nats) of the members' decoded labels
-
-
-def parse_option(enum_cls: type[Enum], value: str, what: str) -> Enum:
-    """``enum_cls(value)`` with an error message that names the allowed values."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(e.value) for e in enum_cls)
-        raise ValueError(f"unknown {what} {value!r}; allowed: {allowed}") from None
 
 
 def _check_members(sdfs: torch.Tensor) -> None:
