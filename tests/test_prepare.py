@@ -3,6 +3,7 @@ folders written here: label mapping, header checks, skips and their reasons, the
 the way back to native space."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,28 @@ def test_official_layout_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no \\*image.nii.gz files"):
         prepare.official_cases(tmp_path / "empty")
+
+
+ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC_ED"
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="../shared/data/ACDC_ED is not here")
+def test_real_acdc_cases_prepare_and_map_back(tmp_path):
+    cases, _ = sources.find_cases("nnunet", ACDC, modality="mr")
+    picked = [c for c in cases if c.case in ("patient001", "patient002")]
+    settings = Settings(modality="mr", structures=["RV", "Myo", "LV"], shape=(32, 32, 32),
+                        crop=CropSpec(mode="label", margin_mm=10.0),
+                        intensity={"method": "percentile", "percentiles": [0.5, 99.5]})
+    report = prepare.prepare_dataset(picked, [], tmp_path, name="acdc", settings=settings)
+    assert [e["case"] for e in report["kept"]] == ["patient001", "patient002"]
+    for entry in report["kept"]:
+        assert entry["native_spacing_mm"][2] == 10.0          # pixdim, not the unit sform
+        info = prepare.native_info(tmp_path, entry["case"])
+        native = geometry.to_array(prepare.native_label(tmp_path, info))
+        raw = geometry.to_array(sitk.ReadImage(str(ACDC / "labelsTr" / f"{entry['case']}.nii.gz")))
+        assert np.array_equal(native, raw)                      # labels 1 RV, 2 Myo, 3 LV kept as they are
+        back = geometry.to_array(prepare.map_to_native(PreparedData(tmp_path).load_case(entry["case"]).label,
+                                                       info, 3))
+        for k in (1, 2, 3):
+            a, b = back == k, native == k
+            assert 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)) > 0.85
