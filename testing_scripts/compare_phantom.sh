@@ -7,13 +7,8 @@
 # outputs/compare/compare_phantom_ct_2shot/<date>/. Checkpoints: Model/compare_phantom_ct_2shot/.
 # Usage: bash testing_scripts/compare_phantom.sh [Hydra overrides ...]   e.g. methods=[rba,diffatlas]
 # Env: PYTHON (default .venv/bin/python, else python3), DIFFATLAS_DATA (default outputs/data).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-DATA="${DIFFATLAS_DATA:-outputs/data}"
-if [ ! -f "$DATA/phantom_ct/dataset.json" ]; then
-  "$PY" -m diffatlas.prepare phantom.modality=ct
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/../training_scripts/common.sh"
+ensure_ct_phantoms
 STEPS=1200
 "$PY" -m diffatlas.compare dataset=phantom_ct split=2shot \
   training.steps=$STEPS \

@@ -38,6 +38,11 @@ die() {
   exit 1
 }
 
+# ensure_ct_phantoms: make the synthetic CT phantoms (and data/splits/phantom_ct/full.json) when they are missing.
+ensure_ct_phantoms() {
+  [ -f "$DATA_BASE/phantom_ct/dataset.json" ] || "$PY" -m diffatlas.prepare phantom.modality=ct
+}
+
 # raw_source_help <dataset>: where the raw data of a dataset comes from.
 raw_source_help() {
   case "$1" in
