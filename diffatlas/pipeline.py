@@ -290,12 +290,13 @@ PAPER_ROWS = {"icf": "(a) ICF", "rba": "(b) RBA", "icmd": "(c) ICMD", "diffatlas
 class DiffAtlasMethod:
     """DiffAtlas behind the baselines' ``fit`` / ``segment`` interface (``diffatlas.methods.base``): ``fit``
     trains the joint denoiser with ``cfg``'s model, diffusion and training settings into
-    ``cfg["checkpoint_dir"]``; ``segment`` samples with ``cfg["sampler"]`` and the EMA weights."""
+    ``cfg["checkpoint_dir"]``, with the SDF settings of ``dataset_cfg`` (the training dataset's config);
+    ``segment`` samples with ``cfg["sampler"]`` and the EMA weights."""
 
     name = "DiffAtlas"
 
-    def __init__(self, cfg: Mapping[str, Any]):
-        self.cfg = cfg
+    def __init__(self, cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any] | None = None):
+        self.cfg = {**cfg, "dataset": dataset_cfg or cfg["dataset"]}
         self.device = resolve_device(cfg["device"])
         self.segmenter: DiffAtlasSegmenter | None = None
 
@@ -313,7 +314,7 @@ class DiffAtlasMethod:
 def build_method(key: str, cfg: Mapping[str, Any]) -> Any:
     """The method ``key`` of a compare config: ``diffatlas``, or a baseline configured under ``baselines``."""
     if key == "diffatlas":
-        return DiffAtlasMethod(cfg)
+        return DiffAtlasMethod(cfg, cfg.get("train_dataset"))
     baselines = dict(cfg.get("baselines") or {})
     if key not in baselines:
         raise ValueError(f"unknown method {key!r}; configured: {['diffatlas', *baselines]}")
@@ -321,26 +322,39 @@ def build_method(key: str, cfg: Mapping[str, Any]) -> Any:
 
 
 def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]:
-    """Fit every method of ``cfg["methods"]`` on the split's training cases, segment and score its test cases.
+    """Fit every method of ``cfg["methods"]`` on the training cases, segment and score the test cases.
 
-    Each method's predictions and reports go to ``<run_dir>/<method>/``; the combined table (the paper's
-    layout, rows (a)-(d)) to ``<run_dir>/table.md`` and the summaries to ``<run_dir>/summary.json``. Returns
-    the summaries, in ``cfg["methods"]`` order.
+    The test cases are those of ``split`` in ``dataset``. The training cases are those of the same split, or,
+    for a zero-shot comparison, those of the split file ``train_split_file`` in ``train_dataset`` (another
+    dataset with the same structures, e.g. CT training cases for MR test cases). Each method's predictions and
+    reports go to ``<run_dir>/<method>/``; the combined table (the paper's layout, rows (a)-(d)) to
+    ``<run_dir>/table.md`` and the summaries to ``<run_dir>/summary.json``. Returns the summaries, in
+    ``cfg["methods"]`` order.
     """
     run_dir = Path(run_dir)
     data, split = load_data_and_split(cfg["dataset"], cfg["split"])
-    train_cases, test_cases = list(split["train"]), list(split["test"])
+    train_data, train_split = data, split
+    if cfg.get("train_dataset"):
+        if not cfg.get("train_split_file"):
+            raise ValueError("train_dataset is set: give its training split too, train_split_file=<split file>")
+        train_data, train_split = load_data_and_split(
+            cfg["train_dataset"], {"name": "train", "file": cfg["train_split_file"]})
+        if train_data.structures != data.structures:
+            raise ValueError(f"train_dataset {train_data.name} has structures {list(train_data.structures)} but "
+                             f"{data.name} has {list(data.structures)}")
+    train_cases, test_cases = list(train_split["train"]), list(split["test"])
     if not train_cases or not test_cases:
-        raise ValueError(f"split {cfg['split']['file']} needs training and test cases to compare methods")
+        raise ValueError(f"no training cases ({len(train_cases)}) or no test cases ({len(test_cases)}) to compare "
+                         "methods on")
     keys = list(cfg["methods"])
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"methods must list distinct methods, got {keys}")
     methods = {key: build_method(key, cfg) for key in keys}
     summaries = []
     for key, method in methods.items():
-        log.info("%s: fitting on %d training cases", key, len(train_cases))
+        log.info("%s: fitting on %d training cases of %s", key, len(train_cases), train_data.name)
         start = time.perf_counter()
-        method.fit(data, train_cases)
+        method.fit(train_data, train_cases)
         fit_seconds = time.perf_counter() - start
         scores = ScoreSheet(data, test_cases, float(cfg["nsd_tolerance_mm"]), run_dir / key)
         for case_id in tqdm(test_cases, desc=key, disable=None):
@@ -348,7 +362,7 @@ def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]
             start = time.perf_counter()
             label = np.asarray(method.segment(case), dtype=np.uint8)
             scores.add(case, label, time.perf_counter() - start)
-        settings = {"fit_seconds": fit_seconds, "train_cases": len(train_cases)}
+        settings = {"fit_seconds": fit_seconds, "train_cases": len(train_cases), "train_dataset": train_data.name}
         summaries.append(scores.finish(PAPER_ROWS.get(key, key), cfg["split"]["name"], settings))
     write_comparison(run_dir, summaries)
     return summaries

@@ -57,3 +57,25 @@ def test_compare_explains_bad_input(tmp_path):
     done = _run("diffatlas.compare", "methods=[icf,nnunet]", f"dataset.root={data}", f"split.file={split}",
                 f"hydra.run.dir={tmp_path}/c", check=False)
     assert done.returncode == 1 and "unknown method 'nnunet'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_zero_shot_compare_fits_on_one_dataset_and_scores_another(tmp_path):
+    ct, mr, split, zero = tmp_path / "ct", tmp_path / "mr", tmp_path / "ct.json", tmp_path / "mr.json"
+    write_phantom_dataset(ct, 2, "ct", shape=(16, 16, 16), fov_mm=100.0, prefix="ct")
+    write_phantom_dataset(mr, 2, "mr", shape=(16, 16, 16), fov_mm=100.0, prefix="mr", seed=1)
+    save_split({"name": "2shot", "dataset": "phantom_ct", "train": ["ct_0000", "ct_0001"], "test": []}, split)
+    save_split({"name": "zeroshot", "dataset": "phantom_mr", "train": [], "test": ["mr_0000", "mr_0001"]}, zero)
+    run_dir = tmp_path / "compare"
+    done = _run("diffatlas.compare", "dataset=phantom_mr", f"dataset.root={mr}", f"split.file={zero}",
+                "split.name=zeroshot", "dataset@train_dataset=phantom_ct", f"train_dataset.root={ct}",
+                f"train_split_file={split}", "methods=[rba,diffatlas]", *TINY_MODEL, "training.steps=2",
+                "training.batch_size=2", "sampler.num_steps=2", "device=cpu", f"checkpoint_dir={tmp_path}/d",
+                *FAST_RBA, f"hydra.run.dir={run_dir}")
+    assert "phantom_mr, zeroshot split, 2 cases" in done.stdout
+    summaries = json.loads((run_dir / "summary.json").read_text())
+    assert [s["sampler"]["train_dataset"] for s in summaries] == ["phantom_ct", "phantom_ct"]
+    assert all(s["dataset"] == "phantom_mr" and s["sampler"]["train_cases"] == 2 for s in summaries)
+    done = _run("diffatlas.compare", "dataset=phantom_mr", f"dataset.root={mr}", f"split.file={zero}",
+                "dataset@train_dataset=phantom_ct", f"train_dataset.root={ct}", f"hydra.run.dir={tmp_path}/c2",
+                check=False)
+    assert done.returncode == 1 and "train_split_file" in done.stderr

@@ -43,6 +43,24 @@ ensure_ct_phantoms() {
   [ -f "$DATA_BASE/phantom_ct/dataset.json" ] || "$PY" -m diffatlas.prepare phantom.modality=ct
 }
 
+# ensure_mr_test_phantoms: make the MR zero-shot test phantoms (test cases only, a seed of their own so their
+# anatomy differs from the CT training cases; data/splits/phantom_mr/zeroshot.json) when they are missing.
+ensure_mr_test_phantoms() {
+  [ -f "$DATA_BASE/phantom_mr/dataset.json" ] || "$PY" -m diffatlas.prepare phantom.modality=mr \
+    phantom.num_train=0 phantom.num_val=0 phantom.seed=1 split_name=zeroshot \
+    split_file=data/splits/phantom_mr/zeroshot.json
+}
+
+# The quick CPU budget of the phantom comparisons: the same steps and batch for every trained method, and the
+# checkpoints of the CT 2-shot comparison, which the zero-shot comparison reuses (resumed, not retrained).
+PHANTOM_COMPARE_STEPS=1200
+PHANTOM_COMPARE_MODELS="Model/compare_phantom_ct_2shot"
+PHANTOM_COMPARE=(training.steps=$PHANTOM_COMPARE_STEPS
+  baselines.icf.training.steps=$PHANTOM_COMPARE_STEPS baselines.icf.training.batch_size=4
+  baselines.icmd.training.steps=$PHANTOM_COMPARE_STEPS baselines.icmd.training.batch_size=4
+  checkpoint_dir=$PHANTOM_COMPARE_MODELS/diffatlas baselines.icf.out_dir=$PHANTOM_COMPARE_MODELS/icf
+  baselines.icmd.out_dir=$PHANTOM_COMPARE_MODELS/icmd)
+
 # raw_source_help <dataset>: where the raw data of a dataset comes from.
 raw_source_help() {
   case "$1" in
