@@ -60,6 +60,14 @@ def test_scripts_named_in_the_readme_exist():
 def test_paper_scripts_name_existing_configs():
     for script in PAPER_SCRIPTS:
         call = script.read_text().strip().splitlines()[-1].split()
+        if call[0] == "compare_paper":
+            experiment, dataset, *source = call[1:call.index("--")]
+            assert (CONFIGS / "experiment" / f"{experiment}.yaml").is_file(), script.name
+            assert (CONFIGS / "dataset" / f"{dataset}.yaml").is_file(), script.name
+            if source:
+                assert (CONFIGS / "dataset" / f"{source[0]}.yaml").is_file()
+                assert (CONFIGS / "split" / f"{source[1]}.yaml").is_file()
+            continue
         kind, name, dataset, split = call[:4]
         group = {"train_paper": "experiment", "test_paper": "evaluation"}[kind]
         assert (CONFIGS / group / f"{name}.yaml").is_file(), script.name
@@ -67,6 +75,27 @@ def test_paper_scripts_name_existing_configs():
         assert (ROOT / "training_scripts" / call[-2]).is_file(), script.name  # the script that trains the model
     assert len([p for p in PAPER_SCRIPTS if p.name.startswith("train_")]) == 9
     assert len([p for p in PAPER_SCRIPTS if p.name.startswith("test_")]) == 10
+    assert len([p for p in PAPER_SCRIPTS if p.name.startswith("compare_")]) == 10
+
+
+def test_compare_scripts_run_the_paper_rows(tmp_path):
+    for dataset in ("mmwhs_ct", "mmwhs_mr"):
+        _fake_prepared(tmp_path / "data" / dataset)
+    done, calls = _run(ROOT / "testing_scripts" / "compare_MMWHSCT_2shot.sh", tmp_path, "methods=[rba]")
+    assert done.returncode == 0, done.stderr
+    assert calls == [["-m", "diffatlas.compare", "experiment=mmwhs_ct_2shot",
+                      f"dataset.root={tmp_path}/data/mmwhs_ct", "methods=[rba]"]]
+    done, calls = _run(ROOT / "testing_scripts" / "compare_MMWHSMRI_all.sh", tmp_path)
+    assert done.returncode == 0, done.stderr
+    [call] = calls
+    assert call[:4] == ["-m", "diffatlas.compare", "experiment=mmwhs_ct_all", f"dataset.root={tmp_path}/data/mmwhs_mr"]
+    for part in ("dataset=mmwhs_mr", "split=all", "dataset@train_dataset=mmwhs_ct",
+                 f"train_dataset.root={tmp_path}/data/mmwhs_ct", "train_split_file=data/splits/mmwhs_ct/all.json",
+                 "checkpoint_dir=Model/mmwhs_ct_all", "baselines.icf.out_dir=Model/mmwhs_ct_all/icf"):
+        assert part in call
+    # the zero-shot source must be prepared too
+    done, calls = _run(ROOT / "testing_scripts" / "compare_MMWHSMRI_all_train_TotalSegmentator.sh", tmp_path)
+    assert done.returncode == 1 and calls == [] and "no prepared totalsegmentator data" in done.stderr
 
 
 @pytest.mark.parametrize("script", PAPER_SCRIPTS, ids=lambda p: p.name)
@@ -189,3 +218,15 @@ def test_plain_configs_default_to_phantoms(hydra_configs):
     assert train["checkpoint_dir"] == "Model/phantom_ct_full"
     assert test["checkpoint"] == "Model/phantom_ct_full/checkpoint_last.pt"
     assert _resolved("train", "dataset=acdc_ed")["split"]["file"].endswith("acdc_ed/splits/full.json")
+
+
+def test_compare_config_takes_a_paper_experiment(hydra_configs):
+    cfg = _resolved("compare", "experiment=mmwhs_ct_2shot")
+    assert cfg["dataset"]["name"] == "mmwhs_ct" and cfg["split"]["file"] == "data/splits/mmwhs_ct/2shot.json"
+    assert cfg["checkpoint_dir"] == "Model/mmwhs_ct_2shot" and cfg["methods"] == ["icf", "rba", "icmd", "diffatlas"]
+    for key in ("icf", "icmd"):   # the trained baselines get DiffAtlas's budget
+        assert cfg["baselines"][key]["out_dir"] == f"Model/mmwhs_ct_2shot/{key}"
+        budget = {k: cfg["baselines"][key]["training"][k] for k in ("steps", "batch_size", "grad_accum")}
+        assert budget == {"steps": 10000, "batch_size": 6, "grad_accum": 2}
+    assert cfg["baselines"]["icmd"]["sdf_clip"] == cfg["dataset"]["sdf_clip"]
+    assert "train_dataset" not in cfg and cfg["train_split_file"] is None

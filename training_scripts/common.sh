@@ -56,8 +56,6 @@ ensure_mr_test_phantoms() {
 PHANTOM_COMPARE_STEPS=1200
 PHANTOM_COMPARE_MODELS="Model/compare_phantom_ct_2shot"
 PHANTOM_COMPARE=(training.steps=$PHANTOM_COMPARE_STEPS
-  baselines.icf.training.steps=$PHANTOM_COMPARE_STEPS baselines.icf.training.batch_size=4
-  baselines.icmd.training.steps=$PHANTOM_COMPARE_STEPS baselines.icmd.training.batch_size=4
   checkpoint_dir=$PHANTOM_COMPARE_MODELS/diffatlas baselines.icf.out_dir=$PHANTOM_COMPARE_MODELS/icf
   baselines.icmd.out_dir=$PHANTOM_COMPARE_MODELS/icmd)
 
@@ -173,4 +171,39 @@ prepare_acdc() {
   if [ ! -f "$out/splits/$split.json" ]; then
     "$PY" -m diffatlas.splits dataset=acdc_ed dataset.root="$out" dataset.splits_dir="$out/splits" "$@"
   fi
+}
+
+# compare_paper <experiment> <dataset> [<source dataset> <source split>] -- [DATA_ROOT] [Hydra overrides ...]:
+# the paper's four-row comparison (ICF, RBA, ICMD, DiffAtlas) for one table row. DiffAtlas resumes the training
+# script's checkpoints in Model/<experiment>/ (trained there when missing); the trained baselines go to
+# Model/<experiment>/<method>/ with the same budget. A zero-shot row names the source dataset and split: the
+# methods are fitted on its training cases (prepared data in $DATA_BASE/<source> or SOURCE_ROOT) and scored
+# on every case of <dataset>.
+compare_paper() {
+  local experiment="$1" dataset="$2" source="" source_split=""
+  shift 2
+  if [ "$1" != "--" ]; then
+    source="$1" source_split="$2"
+    shift 2
+  fi
+  shift
+  leading_paths 1 "$@"
+  shift "$NUM_PATHS"
+  local data="${PATHS[0]:-$(env_path "${DATA_ROOT:-}")}"
+  data="${data:-$DATA_BASE/$dataset}"
+  require_prepared "$dataset" "$data"
+  local zero_shot=()
+  if [ -n "$source" ]; then
+    local source_root
+    source_root="$(env_path "${SOURCE_ROOT:-}")"
+    source_root="${source_root:-$DATA_BASE/$source}"
+    require_prepared "$source" "$source_root"
+    ensure_splits "$source" "$source_root" "$source_split"
+    ensure_splits "$dataset" "$data" all
+    zero_shot=(dataset="$dataset" split=all dataset@train_dataset="$source" train_dataset.root="$source_root"
+      train_split_file="data/splits/$source/$source_split.json" run_name="${experiment}_to_${dataset}_all"
+      checkpoint_dir="Model/$experiment" baselines.icf.out_dir="Model/$experiment/icf"
+      baselines.icmd.out_dir="Model/$experiment/icmd")
+  fi
+  "$PY" -m diffatlas.compare experiment="$experiment" dataset.root="$data" "${zero_shot[@]}" "$@"
 }

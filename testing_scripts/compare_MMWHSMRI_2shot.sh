@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Table 2, MM-WHS MRI, 2 training cases. The paper's comparison, (a) ICF, (b) RBA, (c) ICMD and (d) DiffAtlas on
+# the same cases (python -m diffatlas.compare experiment=mmwhs_mr_2shot). DiffAtlas resumes Model/mmwhs_mr_2shot/
+# (made by this row's training script; trained here when missing); the baselines are trained into
+# Model/mmwhs_mr_2shot/<method>/ with the same steps, batch and accumulation. Prints the table; the run goes to
+# outputs/compare/<run name>/<date>/.
+# Usage: bash testing_scripts/compare_MMWHSMRI_2shot.sh [DATA_ROOT] [Hydra overrides ...]
+#   e.g. methods=[rba,diffatlas] to run some of the methods
+#   DATA_ROOT  the prepared test dataset (env DATA_ROOT; default ${DIFFATLAS_DATA:-outputs/data}/<dataset>)
+# Env: PYTHON (see training_scripts/common.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/../training_scripts/common.sh"
+compare_paper mmwhs_mr_2shot mmwhs_mr -- "$@"
