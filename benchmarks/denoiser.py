@@ -29,7 +29,7 @@ def _measure(model_name: str, size: int, batch: int, repeats: int, device: str, 
     from diffatlas.data.layout import ChannelLayout
     from diffatlas.diffusion.gaussian import GaussianDiffusion
     from diffatlas.nets.unet import count_parameters
-    from diffatlas.pipeline import build_denoiser
+    from diffatlas.builders import build_denoiser
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

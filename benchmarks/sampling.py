@@ -41,7 +41,9 @@ sys.path.insert(0, str(ROOT))
 from diffatlas.data.datasets import CaseData, PreparedData  # noqa: E402
 from diffatlas.evaluation.metrics import evaluate_case  # noqa: E402
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter  # noqa: E402
-from diffatlas.pipeline import load_data_and_split, load_segmenter, prepare_phantoms, train  # noqa: E402
+from diffatlas.builders import load_segmenter  # noqa: E402
+from diffatlas.fitting import train  # noqa: E402
+from diffatlas.inputs import load_data_and_split, prepare_phantoms  # noqa: E402
 from diffatlas.sampling.plans import TimestepPlan, make_plan  # noqa: E402
 
 log = logging.getLogger("benchmarks.sampling")

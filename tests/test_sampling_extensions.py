@@ -13,7 +13,7 @@ from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import decode_sdf_torch, encode_sdf
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter, case_seed, member_seed
-from diffatlas.pipeline import build_plan
+from diffatlas.builders import build_plan
 from diffatlas.sampling.ensemble import fuse, uncertainty_map
 from diffatlas.sampling.guidance import ReconstructionGuidance, lncc
 from diffatlas.sampling.plans import ddim_plan, ddpm_plan, make_plan

@@ -15,7 +15,7 @@ from diffatlas.data.datasets import PreparedData
 from diffatlas.data.phantom import write_phantom_dataset
 from diffatlas.data.splits import (check_split_against, load_split, make_split, mmwhs_cases, save_split,
                                    split_from_recipe, standard_splits, write_standard_splits)
-from diffatlas.pipeline import load_data_and_split
+from diffatlas.inputs import load_data_and_split
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [f"case_{i:02d}" for i in range(20)]

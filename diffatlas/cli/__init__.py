@@ -1,4 +1,5 @@
-"""Hydra entry points. Each reads its config and calls one function of :mod:`diffatlas.pipeline`."""
+"""Hydra entry points. Each reads its config and calls one function of the package (``diffatlas.fitting``,
+``diffatlas.testing``, ``diffatlas.comparison``, ...)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain dicts and lists (what checkpoints and the pipeline take)."""
+    """The resolved config as plain dicts and lists (what checkpoints and the package take)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 

@@ -7,14 +7,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from diffatlas import pipeline
+from diffatlas.comparison import compare
 from diffatlas.cli import CONFIG_PATH, run_or_explain, to_plain
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="compare")
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
-    run_or_explain(lambda: pipeline.compare(to_plain(cfg), run_dir))
+    run_or_explain(lambda: compare(to_plain(cfg), run_dir))
     print((Path(run_dir) / "table.md").read_text())
     print(f"results: {run_dir}")
 

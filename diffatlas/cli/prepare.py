@@ -3,15 +3,15 @@
 import hydra
 from omegaconf import DictConfig
 
-from diffatlas import pipeline
 from diffatlas.cli import CONFIG_PATH, run_or_explain, to_plain
 from diffatlas.data.prepare import prepare_from_config
+from diffatlas.inputs import prepare_phantoms
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="prepare")
 def main(cfg: DictConfig) -> None:
     if cfg.source.kind == "phantom":
-        run_or_explain(lambda: pipeline.prepare_phantoms(to_plain(cfg)))
+        run_or_explain(lambda: prepare_phantoms(to_plain(cfg)))
     else:
         run_or_explain(lambda: prepare_from_config(to_plain(cfg)))
 

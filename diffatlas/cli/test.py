@@ -4,7 +4,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from diffatlas import pipeline
+from diffatlas.testing import test
 from diffatlas.cli import CONFIG_PATH, run_or_explain, to_plain
 from diffatlas.evaluation.report import format_table
 
@@ -12,7 +12,7 @@ from diffatlas.evaluation.report import format_table
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="test")
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
-    summary = run_or_explain(lambda: pipeline.test(to_plain(cfg), run_dir))
+    summary = run_or_explain(lambda: test(to_plain(cfg), run_dir))
     print(format_table(summary))
     print(f"\nresults: {run_dir}")
 

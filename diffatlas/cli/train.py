@@ -5,13 +5,13 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from diffatlas import pipeline
+from diffatlas.fitting import train
 from diffatlas.cli import CONFIG_PATH, run_or_explain, to_plain
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> None:
-    path = run_or_explain(lambda: pipeline.train(to_plain(cfg)))
+    path = run_or_explain(lambda: train(to_plain(cfg)))
     logging.getLogger(__name__).info("checkpoint: %s", path)
 
 

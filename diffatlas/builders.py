@@ -1,0 +1,60 @@
+"""The denoiser, the forward process and the timestep plan built from config mappings, and the sampler built
+around a checkpoint's EMA weights. The network, diffusion and SDF settings used at test time are read from the
+checkpoint, never re-typed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from diffatlas.data.layout import ChannelLayout
+from diffatlas.diffusion.gaussian import GaussianDiffusion
+from diffatlas.methods.diffatlas import DiffAtlasSegmenter
+from diffatlas.nets.unet import UNet
+from diffatlas.sampling.plans import TimestepPlan, make_plan
+from diffatlas.training.trainer import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def build_denoiser(model_cfg: Mapping[str, Any], layout: ChannelLayout, spatial_dims: int = 3) -> UNet:
+    """The joint denoiser: ``1 + K`` channels in and out."""
+    return UNet(spatial_dims=spatial_dims, in_channels=layout.num_channels, out_channels=layout.num_channels,
+                time_conditioned=True, **dict(model_cfg))
+
+
+def build_diffusion(diffusion_cfg: Mapping[str, Any], layout: ChannelLayout) -> GaussianDiffusion:
+    """The forward process; ``image_weight`` and ``mask_weight`` become per-channel loss weights."""
+    cfg = dict(diffusion_cfg)
+    image_w, mask_w = float(cfg.pop("image_weight", 1.0)), float(cfg.pop("mask_weight", 1.0))
+    weights = [0.0] * layout.num_channels
+    weights[layout.image] = [image_w]
+    weights[layout.masks] = [mask_w] * layout.num_structures
+    return GaussianDiffusion(channel_weights=weights, **cfg)
+
+
+def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPlan:
+    """The timestep plan of a sampler config; the segmenter's own keys (seed, ensemble, guidance, coarse
+    masks: ``DiffAtlasSegmenter.SAMPLER_KEYS``) are left out."""
+    cfg = {k: v for k, v in dict(sampler_cfg).items() if k not in DiffAtlasSegmenter.SAMPLER_KEYS}
+    return make_plan(cfg.pop("plan"), num_timesteps, **cfg)
+
+
+def load_segmenter(checkpoint: str | Path, sampler_cfg: Mapping[str, Any], device: torch.device,
+                   progress: bool = False) -> tuple[DiffAtlasSegmenter, dict[str, Any]]:
+    """Build the sampler around the checkpoint's EMA weights; returns it and the checkpoint's stored config."""
+    ckpt = load_checkpoint(checkpoint, device)
+    stored = ckpt["config"]
+    layout = ChannelLayout(len(stored["structures"]))
+    model = build_denoiser(stored["model"], layout).to(device)
+    model.load_state_dict(ckpt["ema"])
+    diffusion = build_diffusion(stored["diffusion"], layout).to(device)
+    plan = build_plan(sampler_cfg, diffusion.num_timesteps)
+    options = {k: sampler_cfg[k] for k in DiffAtlasSegmenter.SAMPLER_KEYS if sampler_cfg.get(k) is not None}
+    seg = DiffAtlasSegmenter(model, diffusion, layout, plan, sdf_clip=stored["sdf_clip"],
+                             sdf_scale_vox=stored["sdf_scale_vox"], progress=progress, **options)
+    log.info("loaded EMA weights from %s (step %d)", checkpoint, ckpt["step"])
+    return seg, stored

@@ -1,0 +1,109 @@
+"""The paper's comparison (``python -m diffatlas.compare``): every method fitted on the same training cases,
+then segmenting and scoring the same test cases; DiffAtlas behind the baselines' interface."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from tqdm.auto import tqdm
+
+from diffatlas.builders import load_segmenter
+from diffatlas.data.datasets import CaseData, PreparedData
+from diffatlas.device import resolve_device
+from diffatlas.fitting import fit_denoiser
+from diffatlas.inputs import load_data_and_split
+from diffatlas.methods.diffatlas import DiffAtlasSegmenter
+from diffatlas.scoring import ScoreSheet, write_comparison
+
+log = logging.getLogger(__name__)
+
+
+PAPER_ROWS = {"icf": "(a) ICF", "rba": "(b) RBA", "icmd": "(c) ICMD", "diffatlas": "(d) DiffAtlas"}
+"""Row labels of the paper's comparison tables, by method key."""
+
+
+class DiffAtlasMethod:
+    """DiffAtlas behind the baselines' ``fit`` / ``segment`` interface (``diffatlas.methods.base``): ``fit``
+    trains the joint denoiser with ``cfg``'s model, diffusion and training settings into
+    ``cfg["checkpoint_dir"]``, with the SDF settings of ``dataset_cfg`` (the training dataset's config);
+    ``segment`` samples with ``cfg["sampler"]`` and the EMA weights."""
+
+    name = "DiffAtlas"
+
+    def __init__(self, cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any] | None = None):
+        self.cfg = {**cfg, "dataset": dataset_cfg or cfg["dataset"]}
+        self.device = resolve_device(cfg["device"])
+        self.segmenter: DiffAtlasSegmenter | None = None
+
+    def fit(self, data: PreparedData, train_cases: list[str]) -> None:
+        checkpoint = fit_denoiser(self.cfg, data, list(train_cases), [], self.cfg["split"]["name"])
+        self.segmenter, _ = load_segmenter(checkpoint, self.cfg["sampler"], self.device)
+
+    def segment(self, case: CaseData) -> np.ndarray:
+        if self.segmenter is None:
+            raise RuntimeError("DiffAtlasMethod.segment called before fit")
+        image = torch.from_numpy(case.image[None, None]).float().to(self.device)
+        return self.segmenter.segment(image, [case.case])[0].cpu().numpy().astype(np.uint8)
+
+
+def build_method(key: str, cfg: Mapping[str, Any]) -> Any:
+    """The method ``key`` of a compare config: ``diffatlas``, or a baseline configured under ``baselines``."""
+    if key == "diffatlas":
+        return DiffAtlasMethod(cfg, cfg.get("train_dataset"))
+    baselines = dict(cfg.get("baselines") or {})
+    if key not in baselines:
+        raise ValueError(f"unknown method {key!r}; configured: {['diffatlas', *baselines]}")
+    return instantiate(baselines[key])
+
+
+def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]:
+    """Fit every method of ``cfg["methods"]`` on the training cases, segment and score the test cases.
+
+    The test cases are those of ``split`` in ``dataset``. The training cases are those of the same split, or,
+    for a zero-shot comparison, those of the split file ``train_split_file`` in ``train_dataset`` (another
+    dataset with the same structures, e.g. CT training cases for MR test cases). Each method's predictions and
+    reports go to ``<run_dir>/<method>/``; the combined table (the paper's layout, rows (a)-(d)) to
+    ``<run_dir>/table.md`` and the summaries to ``<run_dir>/summary.json``. Returns the summaries, in
+    ``cfg["methods"]`` order.
+    """
+    run_dir = Path(run_dir)
+    data, split = load_data_and_split(cfg["dataset"], cfg["split"])
+    train_data, train_split = data, split
+    if cfg.get("train_dataset"):
+        if not cfg.get("train_split_file"):
+            raise ValueError("train_dataset is set: give its training split too, train_split_file=<split file>")
+        train_data, train_split = load_data_and_split(
+            cfg["train_dataset"], {"name": "train", "file": cfg["train_split_file"]})
+        if train_data.structures != data.structures:
+            raise ValueError(f"train_dataset {train_data.name} has structures {list(train_data.structures)} but "
+                             f"{data.name} has {list(data.structures)}")
+    train_cases, test_cases = list(train_split["train"]), list(split["test"])
+    if not train_cases or not test_cases:
+        raise ValueError(f"no training cases ({len(train_cases)}) or no test cases ({len(test_cases)}) to compare "
+                         "methods on")
+    keys = list(cfg["methods"])
+    if not keys or len(set(keys)) != len(keys):
+        raise ValueError(f"methods must list distinct methods, got {keys}")
+    methods = {key: build_method(key, cfg) for key in keys}
+    summaries = []
+    for key, method in methods.items():
+        log.info("%s: fitting on %d training cases of %s", key, len(train_cases), train_data.name)
+        start = time.perf_counter()
+        method.fit(train_data, train_cases)
+        fit_seconds = time.perf_counter() - start
+        scores = ScoreSheet(data, test_cases, float(cfg["nsd_tolerance_mm"]), run_dir / key)
+        for case_id in tqdm(test_cases, desc=key, disable=None):
+            case = data.load_case(case_id)
+            start = time.perf_counter()
+            label = np.asarray(method.segment(case), dtype=np.uint8)
+            scores.add(case, label, time.perf_counter() - start)
+        settings = {"fit_seconds": fit_seconds, "train_cases": len(train_cases), "train_dataset": train_data.name}
+        summaries.append(scores.finish(PAPER_ROWS.get(key, key), cfg["split"]["name"], settings))
+    write_comparison(run_dir, summaries)
+    return summaries

@@ -1,0 +1,77 @@
+"""Training the joint image-mask denoiser on a split's training cases (``python -m diffatlas.train``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from diffatlas.builders import build_denoiser, build_diffusion, build_plan
+from diffatlas.data.datasets import JointDataset, PreparedData
+from diffatlas.data.layout import ChannelLayout
+from diffatlas.device import resolve_device
+from diffatlas.diffusion.gaussian import GaussianDiffusion
+from diffatlas.evaluation.metrics import evaluate_case
+from diffatlas.inputs import load_data_and_split, sdf_settings
+from diffatlas.methods.diffatlas import DiffAtlasSegmenter
+from diffatlas.nets.unet import count_parameters
+from diffatlas.training.trainer import LAST, Trainer, TrainSettings, diffusion_objective
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: Mapping[str, Any]) -> Path:
+    """Train the joint denoiser on the split's training cases; returns the path of the last checkpoint."""
+    data, split = load_data_and_split(cfg["dataset"], cfg["split"])
+    if not split["train"]:
+        raise ValueError(f"split {cfg['split']['file']} has no training cases (a test-only split?)")
+    return fit_denoiser(cfg, data, list(split["train"]), list(split.get("val", [])), split.get("name", ""))
+
+
+def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[str], val_cases: list[str],
+                 split_name: str) -> Path:
+    """Train the joint denoiser on ``train_cases`` of ``data`` (validation Dice on ``val_cases``) with the
+    ``model``, ``diffusion`` and ``training`` settings of ``cfg``; returns the path of the last checkpoint."""
+    device = resolve_device(cfg["device"])
+    layout = ChannelLayout(data.num_structures)
+    clip, scale = sdf_settings(cfg["dataset"], data)
+    dataset = JointDataset(data, train_cases, sdf_clip=clip, sdf_scale_vox=scale)
+    torch.manual_seed(int(cfg["seed"]))
+    model = build_denoiser(cfg["model"], layout)
+    diffusion = build_diffusion(cfg["diffusion"], layout).to(device)
+    settings = TrainSettings(**dict(cfg["training"]), seed=int(cfg["seed"]))
+    log.info("training on %d cases of %s (%s), %d structures, grid %s, %s parameters, device %s",
+             len(dataset), data.name, data.modality, layout.num_structures, data.shape,
+             f"{count_parameters(model):,}", device)
+    stored = {
+        "model": dict(cfg["model"]), "diffusion": dict(cfg["diffusion"]),
+        "structures": list(data.structures), "sdf_clip": clip, "sdf_scale_vox": scale,
+        "shape": list(data.shape), "dataset": data.name, "modality": data.modality,
+        "split": split_name, "run": dict(cfg),
+    }
+    validate = None
+    if settings.val_every and val_cases:
+        validate = _validator(cfg, data, val_cases, diffusion, layout, clip, device)
+    trainer = Trainer(model, diffusion_objective(diffusion), dataset, cfg["checkpoint_dir"], settings,
+                      config=stored, validate=validate, device=device)
+    trainer.fit(resume=bool(cfg.get("resume", True)))
+    return Path(cfg["checkpoint_dir"]) / LAST
+
+
+def _validator(cfg: Mapping[str, Any], data: PreparedData, cases: list[str], diffusion: GaussianDiffusion,
+               layout: ChannelLayout, clip: float, device: torch.device):
+    plan = build_plan(cfg["validation_sampler"], diffusion.num_timesteps)
+    loaded = [data.load_case(c) for c in cases]
+    images = torch.from_numpy(np.stack([c.image for c in loaded])[:, None]).float().to(device)
+
+    def validate(ema: torch.nn.Module, step: int) -> dict[str, float]:
+        seg = DiffAtlasSegmenter(ema, diffusion, layout, plan, sdf_clip=clip, seed=0)
+        labels = seg.segment(images, cases).cpu().numpy()
+        dices = [np.nanmean([m["dice"] for m in evaluate_case(lab, c.label, data.structures, c.spacing_mm,
+                                                               1.0).values()]) for lab, c in zip(labels, loaded)]
+        return {"dice": float(np.mean(dices))}
+
+    return validate

@@ -1,0 +1,61 @@
+"""The prepared data and split file a run works on, its SDF settings, and synthetic phantoms written in the
+prepared-data layout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from diffatlas.data.datasets import PreparedData
+from diffatlas.data.phantom import write_phantom_dataset
+from diffatlas.data.sdf import default_sdf_scale
+from diffatlas.data.splits import check_split_against, load_split, save_split, split_from_recipe
+
+log = logging.getLogger(__name__)
+
+
+def load_data_and_split(dataset_cfg: Mapping[str, Any],
+                        split_cfg: Mapping[str, Any]) -> tuple[PreparedData, dict[str, Any]]:
+    """The prepared data at ``dataset_cfg["root"]`` and the split file ``split_cfg["file"]``, checked against it.
+
+    A missing split file is written first when the split config says how to make it (``make``: the keyword
+    arguments of ``splits.make_split``, or ``{all: true}`` for the zero-shot ``all`` split), so a new
+    few-shot setting is one YAML file in ``configs/split/``.
+    """
+    data = PreparedData(dataset_cfg["root"])
+    path = Path(split_cfg["file"])
+    if not path.is_file() and split_cfg.get("make"):
+        save_split(split_from_recipe(split_cfg["make"], data.cases, name=split_cfg["name"], dataset=data.name), path)
+        log.info("split %s written to %s from the recipe in its config", split_cfg["name"], path)
+    split = load_split(path)
+    check_split_against(split, data)
+    return data, split
+
+
+def sdf_settings(dataset_cfg: Mapping[str, Any], data: PreparedData) -> tuple[float, float]:
+    """``(clip, scale_vox)``; a missing scale follows the grid (``max(shape) / 2``, the paper's 32 at 64^3)."""
+    scale = dataset_cfg.get("sdf_scale_vox")
+    return float(dataset_cfg["sdf_clip"]), float(scale if scale is not None else default_sdf_scale(data.shape))
+
+
+def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Write synthetic phantoms (train, test and validation parts, each from its own case indices) and their
+    split file."""
+    p = cfg["phantom"]
+    out = Path(cfg["out_dir"])
+    common = dict(modality=p["modality"], shape=tuple(p["shape"]), fov_mm=float(p["fov_mm"]), seed=int(p["seed"]))
+    parts: dict[str, list[str]] = {}
+    first_index = 0
+    for part, count in (("train", int(p["num_train"])), ("test", int(p["num_test"])),
+                        ("val", int(p.get("num_val", 0)))):
+        parts[part] = write_phantom_dataset(out, count, prefix=f"{p['modality']}_{part}", first_index=first_index,
+                                            **common) if count > 0 else []
+        first_index += count
+    split = {"name": cfg.get("split_name", "full"), "dataset": out.name,
+             "train": parts["train"], "val": parts["val"], "test": parts["test"]}
+    if cfg.get("split_file"):
+        save_split(split, cfg["split_file"])
+    log.info("phantoms: %d training, %d test and %d validation cases in %s", len(parts["train"]),
+             len(parts["test"]), len(parts["val"]), out)
+    return split

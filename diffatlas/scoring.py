@@ -1,0 +1,86 @@
+"""Scoring predictions against reference labels and writing the reports of one method or a comparison.
+
+Cases prepared from real scans are also mapped back onto their scan's own grid (``predictions_native/``) and
+scored there with the native spacing; the summary then holds that summary under ``"native"``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+
+from diffatlas.data.datasets import CaseData, PreparedData
+from diffatlas.data.geometry import to_array
+from diffatlas.data.io import write_volume
+from diffatlas.data.prepare import map_to_native, native_info, native_label
+from diffatlas.evaluation.metrics import evaluate_case
+from diffatlas.evaluation.report import CaseResult, format_comparison_table, summarize, write_reports
+
+NATIVE_PREDICTIONS = "predictions_native"
+
+
+class ScoreSheet:
+    """Collects the scores of one method on one test set and writes its reports.
+
+    Every prediction is written to ``<run_dir>/predictions/`` (the prepared grid's affine) and scored there;
+    when every case was prepared from a raw scan, it is also mapped back onto the scan's own grid, written to
+    ``<run_dir>/predictions_native/`` and scored with the native spacing.
+    """
+
+    def __init__(self, data: PreparedData, cases: list[str], tolerance_mm: float, run_dir: Path):
+        self.data = data
+        self.tolerance_mm = tolerance_mm
+        self.run_dir = Path(run_dir)
+        self.pred_dir = self.run_dir / "predictions"
+        self.natives = {c: native_info(data.root, c) for c in cases}
+        self.score_native = all(info is not None for info in self.natives.values())
+        self.results: list[CaseResult] = []
+        self.native_results: list[CaseResult] = []
+
+    def add(self, case: CaseData, label: np.ndarray, seconds: float) -> None:
+        """Write and score the prediction ``label`` ``(X, Y, Z)`` of ``case``."""
+        write_volume(self.pred_dir / f"{case.case}.nii.gz", label, case.affine)
+        metrics = evaluate_case(label, case.label, self.data.structures, case.spacing_mm, self.tolerance_mm)
+        self.results.append(CaseResult(case.case, metrics, seconds))
+        if self.score_native:
+            self.native_results.append(_score_native(label, self.data, case.case, self.natives[case.case],
+                                                     self.tolerance_mm, self.run_dir / NATIVE_PREDICTIONS, seconds))
+
+    def finish(self, method: str, split_name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Summarise (with a ``native`` sub-summary when scored there), write the reports, return the summary."""
+        summary = summarize(self.results, self.data.structures, method=method, dataset=self.data.name,
+                            split=split_name, tolerance_mm=self.tolerance_mm, sampler=settings)
+        if self.native_results:
+            summary["native"] = summarize(self.native_results, self.data.structures, method=method,
+                                          dataset=self.data.name, split=split_name,
+                                          tolerance_mm=self.tolerance_mm, sampler=settings, space="native")
+        write_reports(self.run_dir, self.results, summary, self.native_results)
+        return summary
+
+
+def _score_native(label: np.ndarray, data: PreparedData, case: str, info: Mapping[str, Any], tolerance_mm: float,
+                  out_dir: Path, seconds: float) -> CaseResult:
+    """Map a prepared-grid prediction back onto the scan's own grid, write it there (the scan's geometry) and
+    score it against the native reference label with the native spacing."""
+    pred = map_to_native(label, dict(info), data.num_structures)
+    ref = native_label(data.root, dict(info))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(pred, str(out_dir / f"{case}.nii.gz"), True)
+    metrics = evaluate_case(to_array(pred), to_array(ref), data.structures, pred.GetSpacing(), tolerance_mm)
+    return CaseResult(case, metrics, seconds)
+
+
+def write_comparison(run_dir: Path, summaries: list[dict[str, Any]]) -> str:
+    """``table.md`` (prepared grid, then native space when every method was scored there) and ``summary.json``
+    in ``run_dir``; returns the table text."""
+    table = format_comparison_table(summaries)
+    if all(s.get("native") for s in summaries):
+        table += "\n" + format_comparison_table([s["native"] for s in summaries])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "table.md").write_text(table)
+    (run_dir / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    return table
