@@ -15,7 +15,9 @@ from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import UNet
 from diffatlas.sampling.plans import TimestepPlan, make_plan
-from diffatlas.training.trainer import load_checkpoint
+from diffatlas.training.augment import JointAugment, augmented_objective
+from diffatlas.training.objectives import decoupled_objective
+from diffatlas.training.trainer import diffusion_objective, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,22 @@ def build_diffusion(diffusion_cfg: Mapping[str, Any], layout: ChannelLayout) -> 
     """The forward process; ``image_weight`` and ``mask_weight`` become per-channel loss weights."""
     cfg = dict(diffusion_cfg)
     image_w, mask_w = float(cfg.pop("image_weight", 1.0)), float(cfg.pop("mask_weight", 1.0))
+    cfg.pop("equal_levels_prob", None)
     weights = [0.0] * layout.num_channels
     weights[layout.image] = [image_w]
     weights[layout.masks] = [mask_w] * layout.num_structures
     return GaussianDiffusion(channel_weights=weights, **cfg)
+
+
+def denoiser_objective(diffusion: GaussianDiffusion, model_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any],
+                       layout: ChannelLayout, augment: JointAugment | None):
+    """The training objective of the joint denoiser: the DDPM loss, with decoupled image and mask noise levels
+    when the network takes the image's level (``model.image_time``), on augmented batches when ``augment``."""
+    if model_cfg.get("image_time", False):
+        objective = decoupled_objective(diffusion, layout.image, float(diffusion_cfg.get("equal_levels_prob", 0.5)))
+    else:
+        objective = diffusion_objective(diffusion)
+    return augmented_objective(objective, augment)
 
 
 def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPlan:

@@ -24,7 +24,8 @@ from diffatlas.scoring import ScoreSheet, write_comparison
 log = logging.getLogger(__name__)
 
 
-PAPER_ROWS = {"icf": "(a) ICF", "rba": "(b) RBA", "icmd": "(c) ICMD", "diffatlas": "(d) DiffAtlas"}
+PAPER_ROWS = {"icf": "(a) ICF", "rba": "(b) RBA", "icmd": "(c) ICMD", "diffatlas": "(d) DiffAtlas",
+              "mean_atlas": "mean atlas", "nearest_atlas": "nearest atlas"}
 """Row labels of the paper's comparison tables, by method key."""
 
 

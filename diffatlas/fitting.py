@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from diffatlas.builders import build_denoiser, build_diffusion, build_plan
+from diffatlas.builders import build_denoiser, build_diffusion, build_plan, denoiser_objective
 from diffatlas.data.datasets import JointDataset, PreparedData
 from diffatlas.data.layout import ChannelLayout
 from diffatlas.device import resolve_device
@@ -18,7 +18,8 @@ from diffatlas.evaluation.metrics import evaluate_case
 from diffatlas.inputs import load_data_and_split, sdf_settings
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import count_parameters
-from diffatlas.training.trainer import LAST, Trainer, TrainSettings, diffusion_objective
+from diffatlas.training.augment import make_augment
+from diffatlas.training.trainer import LAST, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,14 @@ def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[s
         "model": dict(cfg["model"]), "diffusion": dict(cfg["diffusion"]),
         "structures": list(data.structures), "sdf_clip": clip, "sdf_scale_vox": scale,
         "shape": list(data.shape), "dataset": data.name, "modality": data.modality,
-        "split": split_name, "run": dict(cfg),
+        "split": split_name, "augment": dict(cfg.get("augment") or {}), "run": dict(cfg),
     }
     validate = None
     if settings.val_every and val_cases:
         validate = _validator(cfg, data, val_cases, diffusion, layout, clip, device)
-    trainer = Trainer(model, diffusion_objective(diffusion), dataset, cfg["checkpoint_dir"], settings,
+    augment = make_augment(cfg.get("augment"), image_channels=[layout.image.start])
+    objective = denoiser_objective(diffusion, cfg["model"], cfg["diffusion"], layout, augment)
+    trainer = Trainer(model, objective, dataset, cfg["checkpoint_dir"], settings,
                       config=stored, validate=validate, device=device)
     trainer.fit(resume=bool(cfg.get("resume", True)))
     return Path(cfg["checkpoint_dir"]) / LAST

@@ -106,6 +106,18 @@ class GaussianDiffusion(nn.Module):
         ab = torch.cat([torch.ones(1, device=self.alphas_cumprod.device), self.alphas_cumprod])
         return ab.to(t.device)[t.long() + 1]
 
+    def q_sample_levels(self, x0: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``q_sample`` with one timestep per sample and channel: ``levels`` ``(B, C)`` in ``-1 .. T-1``
+        (``-1`` keeps the channel clean). Equal levels give exactly ``q_sample``."""
+        if levels.shape != x0.shape[:2]:
+            raise ValueError(f"levels must be (B, C) = {tuple(x0.shape[:2])}, got {tuple(levels.shape)}")
+        one = torch.ones(1, device=self.sqrt_alphas_cumprod.device)
+        zero = torch.zeros(1, device=self.sqrt_alphas_cumprod.device)
+        signal = torch.cat([one, self.sqrt_alphas_cumprod]).to(levels.device)[levels.long() + 1]
+        sigma = torch.cat([zero, self.sqrt_one_minus_alphas_cumprod]).to(levels.device)[levels.long() + 1]
+        view = (*levels.shape, *([1] * (x0.ndim - 2)))
+        return signal.view(view) * x0 + sigma.view(view) * noise
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Sample ``x_t ~ q(x_t | x_0)``: ``sqrt(ab_t) x0 + sqrt(1 - ab_t) noise`` (Ho et al. eq. 4)."""
         return (extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
@@ -140,10 +152,21 @@ class GaussianDiffusion(nn.Module):
         s = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
         return (x_t - a * x0) / s
 
-    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Mean training loss of ``model`` on clean batch ``x0`` ``(B, C, ...)`` at timesteps ``t`` ``(B,)``."""
-        x_t = self.q_sample(x0, t, noise)
-        out = model(x_t, t)
+    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+             levels: torch.Tensor | None = None, **model_kwargs: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of ``model`` on clean batch ``x0`` ``(B, C, ...)`` at timesteps ``t`` ``(B,)``.
+
+        ``levels`` ``(B, C)`` noises each channel at its own timestep instead (``q_sample_levels``; needs the
+        ``x0`` target, whose meaning does not depend on the level); ``model_kwargs`` go to the network, e.g. the
+        second timestep of a network with decoupled noise levels.
+        """
+        if levels is None:
+            x_t = self.q_sample(x0, t, noise)
+        elif self.prediction != Prediction.X0.value:
+            raise ValueError(f"per-channel noise levels need prediction 'x0', not {self.prediction!r}")
+        else:
+            x_t = self.q_sample_levels(x0, levels, noise)
+        out = model(x_t, t, **model_kwargs)
         target = self.target(x0, t, noise)
         err = (out.float() - target).abs() if self.loss_type == LossType.L1.value else (out.float() - target) ** 2
         per_channel = err.transpose(0, 1).reshape(err.shape[1], -1).mean(dim=1)

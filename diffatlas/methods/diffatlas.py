@@ -8,7 +8,11 @@ Three extensions share the one reverse loop:
   returns the encoded coarse mask itself;
 * ensembles: ``ensemble_size`` samples per case, each from its own seed, fused by mean SDF or majority vote,
   with a per-voxel uncertainty map;
-* reconstruction guidance (``guidance_scale > 0``): see ``diffatlas.sampling.guidance``.
+* reconstruction guidance (``guidance_scale > 0``): see ``diffatlas.sampling.guidance``;
+* decoupled noise levels (``image_level < 1``, a network trained with ``image_time``): the image channel is
+  replaced less noisy than the masks, down to the clean scan at ``image_level = 0``;
+* selection (``fusion="select"``): of the ensemble's members, the one whose generated image (the network's
+  clean-image estimates along its trajectory) agrees best with the scan.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import encode_sdf
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.options import parse_option
-from diffatlas.sampling.ensemble import Fusion, Uncertainty, fuse, uncertainty_map
+from diffatlas.sampling.ensemble import Fusion, Uncertainty, fuse, image_agreement, uncertainty_map
 from diffatlas.sampling.guidance import ReconstructionGuidance
-from diffatlas.sampling.loop import (ImageReplacement, make_generators, randn_like_per_sample, reverse_process,
-                                    run_to_end)
+from diffatlas.sampling.loop import (ImageLevelDenoiser, ImageReplacement, make_generators, randn_like_per_sample,
+                                    reverse_process)
 from diffatlas.sampling.plans import TimestepPlan
 
 CoarseMasks = Union[torch.Tensor, np.ndarray, Sequence[Union[str, Path, np.ndarray]]]
@@ -62,24 +66,28 @@ class DiffAtlasSegmenter:
         sdf_scale_vox: the SDF scale used in training; needed to encode coarse masks for refinement.
         seed: base seed; each sample's noise is seeded from ``(seed, case id, ensemble member)``.
         ensemble_size: samples per case (>= 1).
-        fusion: ``"mean_sdf"`` (decode the mean SDF) or ``"vote"`` (majority vote of the decoded members).
+        fusion: ``"mean_sdf"`` (decode the mean SDF), ``"vote"`` (majority vote of the decoded members) or
+            ``"select"`` (the member whose generated image agrees best with the scan, by the mean global NCC of
+            the network's clean-image estimates over the trajectory).
         uncertainty: ``"sdf_std"`` or ``"entropy"``, see ``diffatlas.sampling.ensemble.uncertainty_map``.
         guidance_scale: reconstruction guidance step (0 = off: no guidance is installed).
         guidance_window: LNCC window side in voxels (odd).
+        image_level: in [0, 1], the image channel's noise level as a fraction of the masks' (1: the paper's
+            replacement at the same level; 0: the clean scan); below 1 the network must take ``t_image``.
         coarse_dir: folder of coarse label maps ``<case>.nii.gz`` read when a refinement plan gets no
             ``coarse`` argument (e.g. the ``predictions/`` folder of an earlier test run).
         progress: show a progress bar per sampling run.
     """
 
     SAMPLER_KEYS = ("seed", "ensemble_size", "fusion", "uncertainty", "guidance_scale", "guidance_window",
-                    "coarse_dir")
+                    "image_level", "coarse_dir")
     """The sampler config keys that configure the segmenter; the others describe the plan."""
 
     def __init__(self, denoiser: nn.Module, diffusion: GaussianDiffusion, layout: ChannelLayout,
                  plan: TimestepPlan, *, sdf_clip: float, sdf_scale_vox: float | None = None, seed: int = 0,
                  ensemble_size: int = 1, fusion: str = "mean_sdf", uncertainty: str = "sdf_std",
-                 guidance_scale: float = 0.0, guidance_window: int = 5, coarse_dir: str | Path | None = None,
-                 progress: bool = False):
+                 guidance_scale: float = 0.0, guidance_window: int = 5, image_level: float = 1.0,
+                 coarse_dir: str | Path | None = None, progress: bool = False):
         plan.check_range(diffusion.num_timesteps)
         if int(ensemble_size) < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
@@ -91,7 +99,15 @@ class DiffAtlasSegmenter:
             raise ValueError(f"sdf_scale_vox must be positive, got {sdf_scale_vox}")
         if coarse_dir is not None and sdf_scale_vox is None:
             raise ValueError("coarse_dir is set but sdf_scale_vox is not: coarse masks cannot be encoded")
-        self.denoiser = denoiser.eval()
+        if not 0.0 <= float(image_level) <= 1.0:
+            raise ValueError(f"image_level must lie in [0, 1], got {image_level}")
+        decoupled = bool(getattr(denoiser, "image_time", False))
+        if float(image_level) < 1.0 and not decoupled:
+            raise ValueError(f"image_level={image_level} needs a network trained with decoupled noise levels "
+                             "(model.image_time=true); this one was not")
+        self.image_level = float(image_level)
+        self.network = denoiser.eval()
+        self.denoiser = ImageLevelDenoiser(denoiser, self.image_level).eval() if decoupled else self.network
         self.diffusion = diffusion
         self.layout = layout
         self.plan = plan
@@ -192,10 +208,12 @@ class DiffAtlasSegmenter:
         coarse_sdf = None
         if self.refines:
             coarse_sdf = self.encode_coarse(coarse, case_ids, images.shape[2:], images.device)
-        return self._sample(images, case_ids, coarse_sdf, member)
+        return self._sample(images, case_ids, coarse_sdf, member)[0]
 
     def _sample(self, images: torch.Tensor, case_ids: Sequence[str], coarse_sdf: torch.Tensor | None,
-                member: int) -> torch.Tensor:
+                member: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One member's SDFs ``(B, K, *spatial)`` and its image agreement ``(B,)``: the mean global NCC of the
+        network's clean-image estimates with the scan over the visited steps (1 where no network ran)."""
         generators = make_generators([member_seed(self.seed, c, member) for c in case_ids])
         guidance = None
         if self.guidance_scale > 0:
@@ -203,19 +221,31 @@ class DiffAtlasSegmenter:
                                               scale=self.guidance_scale, window=self.guidance_window)
         states = reverse_process(
             self.denoiser, self.diffusion, self.plan, self._start_state(images, coarse_sdf, generators),
-            generators, hooks=[ImageReplacement(self.diffusion, images, self.layout.image)], guidance=guidance,
-            clip_x0=self._clip, progress=self.progress,
+            generators, hooks=[ImageReplacement(self.diffusion, images, self.layout.image, self.image_level)],
+            guidance=guidance, clip_x0=self._clip, progress=self.progress,
         )
-        return run_to_end(states)[:, self.layout.masks]
+        agreement = torch.zeros(images.shape[0], device=images.device)
+        steps, state = 0, None
+        for state in states:
+            if state.t >= 0 and state.x0_hat is not None:
+                agreement = agreement + image_agreement(state.x0_hat[:, self.layout.image], images).to(agreement)
+                steps += 1
+        return state.x[:, self.layout.masks], agreement / steps if steps else agreement + 1
 
     def sample_members(self, images: torch.Tensor, case_ids: Sequence[str],
                        coarse: CoarseMasks | None = None) -> torch.Tensor:
         """All ensemble members: ``(N, B, K, *spatial)`` SDFs, member ``n`` seeded by ``member_seed(.., n)``."""
+        return self.sample_scored_members(images, case_ids, coarse)[0]
+
+    def sample_scored_members(self, images: torch.Tensor, case_ids: Sequence[str],
+                              coarse: CoarseMasks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ensemble members ``(N, B, K, *spatial)`` and their image agreements ``(N, B)``."""
         self._check_images(images, case_ids)
         coarse_sdf = None
         if self.refines:
             coarse_sdf = self.encode_coarse(coarse, case_ids, images.shape[2:], images.device)
-        return torch.stack([self._sample(images, case_ids, coarse_sdf, n) for n in range(self.ensemble_size)])
+        runs = [self._sample(images, case_ids, coarse_sdf, n) for n in range(self.ensemble_size)]
+        return torch.stack([r[0] for r in runs]), torch.stack([r[1] for r in runs])
 
     def segment_with_uncertainty(self, images: torch.Tensor, case_ids: Sequence[str],
                                  coarse: CoarseMasks | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -230,8 +260,8 @@ class DiffAtlasSegmenter:
             ``(labels, uncertainty)``: int64 ``(B, *spatial)`` (0 background, 1..K structures) and float32
             ``(B, *spatial)``, or ``None`` when ``ensemble_size == 1`` (one sample has no spread).
         """
-        members = self.sample_members(images, case_ids, coarse)
-        labels = fuse(members, self.fusion)
+        members, scores = self.sample_scored_members(images, case_ids, coarse)
+        labels = fuse(members, self.fusion, scores)
         if self.ensemble_size == 1:
             return labels, None
         return labels, uncertainty_map(members, self.uncertainty)

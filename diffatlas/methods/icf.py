@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from diffatlas.data.datasets import CaseData, PreparedData
 from diffatlas.methods.base import check_train_cases
 from diffatlas.nets.unet import UNet
+from diffatlas.training.augment import augmented_objective, make_augment
 from diffatlas.training.trainer import Objective, Trainer, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class ICF:
         out_dir: run folder for the trainer's checkpoints and TensorBoard logs; a run there resumes.
         network: ``UNet`` keyword arguments except ``in_channels``, ``out_channels`` and
             ``time_conditioned`` (ICF sets 1, K + 1 and False).
+        augment: an ``augment`` config (``configs/augment/``; ``None`` or ``enabled: false`` = none), applied to
+            every training batch: the same augmentation DiffAtlas gets in a comparison.
         training: ``TrainSettings`` keyword arguments (steps, batch_size, lr, flip_axes, seed, ...).
         ce_weight, dice_weight: loss weights, non-negative and not both zero.
         device: where to train and segment.
@@ -97,6 +100,7 @@ class ICF:
         out_dir: str | Path,
         network: dict[str, Any] | None = None,
         training: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
         ce_weight: float = 1.0,
         dice_weight: float = 1.0,
         device: str = "cpu",
@@ -108,6 +112,7 @@ class ICF:
         if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
             raise ValueError(f"ce_weight and dice_weight must be >= 0 and not both 0, got {ce_weight}, {dice_weight}")
         self.settings = TrainSettings(**(training or {}))
+        self.augment = make_augment(augment, label_channels=(1,))
         self.out_dir = Path(out_dir)
         self.ce_weight = float(ce_weight)
         self.dice_weight = float(dice_weight)
@@ -124,9 +129,10 @@ class ICF:
         """Train on ``train_cases`` for ``training.steps`` steps and keep the EMA network."""
         cases = check_train_cases(data, train_cases)
         trainer = Trainer(self.build_network(data.num_structures),
-                          segmentation_objective(self.ce_weight, self.dice_weight),
+                          augmented_objective(segmentation_objective(self.ce_weight, self.dice_weight), self.augment),
                           ImageLabelDataset(data, cases), self.out_dir, self.settings,
-                          config={"method": "ICF", "dataset": data.name, "train_cases": list(cases)},
+                          config={"method": "ICF", "dataset": data.name, "train_cases": list(cases),
+                                  "augment": self.augment is not None},
                           device=self.device)
         scalars = trainer.fit()
         logger.info("ICF trained on %d cases of %s: %s", len(cases), data.name, scalars)

@@ -43,6 +43,7 @@ from diffatlas.methods.diffatlas import case_seed
 from diffatlas.nets.unet import UNet
 from diffatlas.sampling.loop import StepState, make_generators, randn_like_per_sample, reverse_process, run_to_end
 from diffatlas.sampling.plans import TimestepPlan, make_plan
+from diffatlas.training.augment import augmented_objective, make_augment
 from diffatlas.training.trainer import Objective, Trainer, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -267,6 +268,8 @@ class ICMD:
         diffusion: ``GaussianDiffusion`` keyword arguments (``num_timesteps``, ``schedule``, ``prediction``,
             ``loss``). ``ve_sde`` uses only ``num_timesteps`` (the number of noise levels) and ``loss``, and
             needs ``prediction="eps"``.
+        augment: an ``augment`` config (``configs/augment/``; ``None`` or ``enabled: false`` = none), applied to
+            every training batch: the same augmentation DiffAtlas gets in a comparison.
         training: ``TrainSettings`` keyword arguments.
         sdf_clip: SDF clip value (paper: 0.2); samples are clipped to it.
         sdf_scale_vox: SDF scale in voxels; ``None`` uses ``default_sdf_scale`` of the dataset's grid.
@@ -290,6 +293,7 @@ class ICMD:
         network: dict[str, Any] | None = None,
         diffusion: dict[str, Any] | None = None,
         training: dict[str, Any] | None = None,
+        augment: dict[str, Any] | None = None,
         sdf_clip: float = 0.2,
         sdf_scale_vox: float | None = None,
         plan: str = "ddpm",
@@ -325,6 +329,7 @@ class ICMD:
             raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
         self.sigmas = ve_sigmas(self.diffusion.num_timesteps, float(sigma_min), float(sigma_max))
         self.settings = TrainSettings(**(training or {}))
+        self.augment = make_augment(augment, image_channels=(0,))
         self.out_dir = Path(out_dir)
         self.sdf_clip = float(sdf_clip)
         self.sdf_scale_vox = None if sdf_scale_vox is None else float(sdf_scale_vox)
@@ -360,7 +365,8 @@ class ICMD:
         if self.sdf_scale_vox is None:
             self.sdf_scale_vox = default_sdf_scale(data.shape)
         dataset = JointDataset(data, cases, sdf_clip=self.sdf_clip, sdf_scale_vox=self.sdf_scale_vox)
-        trainer = Trainer(self.build_network(data.num_structures), self.objective(), dataset, self.out_dir,
+        trainer = Trainer(self.build_network(data.num_structures), augmented_objective(self.objective(), self.augment),
+                          dataset, self.out_dir,
                           self.settings, config={"method": "ICMD", "mode": self.mode.value, "dataset": data.name,
                                                  "train_cases": list(cases), "sdf_clip": self.sdf_clip,
                                                  "sdf_scale_vox": self.sdf_scale_vox},

@@ -106,6 +106,8 @@ class UNet(nn.Module):
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
         attention_levels: indices of levels that get self-attention after each block (coarse ones are cheap).
         time_conditioned: whether ``forward`` takes a timestep.
+        image_time: whether ``forward`` also takes a second timestep, the noise level of the image channel
+            (``-1`` = clean), embedded like the first and added to it (decoupled image and mask noise levels).
         attention_heads, norm_groups, dropout: the usual knobs.
     """
 
@@ -120,6 +122,7 @@ class UNet(nn.Module):
         num_res_blocks: int = 1,
         attention_levels: Sequence[int] = (),
         time_conditioned: bool = True,
+        image_time: bool = False,
         attention_heads: int = 4,
         norm_groups: int = 8,
         dropout: float = 0.0,
@@ -132,6 +135,8 @@ class UNet(nn.Module):
         bad = [i for i in attention_levels if not 0 <= i < len(channel_mults)]
         if bad:
             raise ValueError(f"attention_levels {bad} outside 0..{len(channel_mults) - 1}")
+        if image_time and not time_conditioned:
+            raise ValueError("image_time needs a time-conditioned network (time_conditioned=True)")
         conv = _CONV[spatial_dims]
         self.spatial_dims = spatial_dims
         self.num_levels = len(channel_mults)
@@ -140,6 +145,11 @@ class UNet(nn.Module):
         self.base_channels = base_channels
         if time_conditioned:
             self.time_mlp = nn.Sequential(
+                nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            )
+        self.image_time = image_time
+        if image_time:
+            self.image_time_mlp = nn.Sequential(
                 nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
             )
 
@@ -190,8 +200,10 @@ class UNet(nn.Module):
             h = attn(blk(h, emb))
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """``x``: ``(B, C_in, *spatial)``; ``t``: ``(B,)`` timesteps (required when time-conditioned)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None,
+                t_image: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``(B, C_in, *spatial)``; ``t``: ``(B,)`` timesteps (required when time-conditioned);
+        ``t_image``: ``(B,)`` the image channel's timesteps, ``-1 .. T-1`` (required with ``image_time``)."""
         factor = 2 ** (self.num_levels - 1)
         if x.ndim != self.spatial_dims + 2 or any(s % factor for s in x.shape[2:]):
             raise ValueError(
@@ -203,6 +215,10 @@ class UNet(nn.Module):
             if t is None:
                 raise ValueError("this network is time-conditioned: pass the timesteps t")
             emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+            if self.image_time:
+                if t_image is None:
+                    raise ValueError("this network takes the image's noise level too: pass t_image")
+                emb = emb + self.image_time_mlp(timestep_embedding(t_image + 1, self.base_channels))
         h = self.stem(x)
         skips = []
         for level, lvl in enumerate(self.down):

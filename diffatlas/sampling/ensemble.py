@@ -16,6 +16,7 @@ from diffatlas.options import parse_option
 class Fusion(str, Enum):
     MEAN_SDF = "mean_sdf"  # decode the voxel-wise mean of the members' SDFs
     VOTE = "vote"  # decode every member, then the most frequent label (ties to the lowest label)
+    SELECT = "select"  # keep the member whose generated image agrees best with the scan (needs scores)
 
 
 class Uncertainty(str, Enum):
@@ -45,13 +46,30 @@ def _shifted_moments(sdfs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sdfs[0].float() + mean_d, (d.pow(2).mean(dim=0) - mean_d.pow(2)).clamp(min=0)
 
 
-def fuse(sdfs: torch.Tensor, fusion: str = Fusion.MEAN_SDF.value) -> torch.Tensor:
-    """Fused label maps ``(B, *spatial)`` (int64) from member SDFs ``(N, B, K, *spatial)``."""
+def fuse(sdfs: torch.Tensor, fusion: str = Fusion.MEAN_SDF.value, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused label maps ``(B, *spatial)`` (int64) from member SDFs ``(N, B, K, *spatial)``.
+
+    ``select`` needs ``scores`` ``(N, B)`` (higher is better) and decodes, per case, the best-scoring member
+    (ties to the lowest member index).
+    """
     kind = parse_option(Fusion, fusion, "fusion")
     _check_members(sdfs)
+    if kind is Fusion.SELECT:
+        if scores is None or tuple(scores.shape) != tuple(sdfs.shape[:2]):
+            raise ValueError(f"fusion 'select' needs member scores shaped (N, B) = {tuple(sdfs.shape[:2])}")
+        best = scores.argmax(dim=0).to(sdfs.device)
+        return decode_sdf_torch(sdfs[best, torch.arange(sdfs.shape[1], device=sdfs.device)])
     if kind is Fusion.MEAN_SDF:
         return decode_sdf_torch(_shifted_moments(sdfs)[0])
     return _label_counts(sdfs).argmax(dim=1)
+
+
+def image_agreement(estimate: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Global normalised cross-correlation ``(B,)`` of a generated image ``(B, 1, *spatial)`` with the scan."""
+    a = estimate.flatten(1).double()
+    b = image.flatten(1).double().to(a.device)
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return ((a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)).float()
 
 
 def uncertainty_map(sdfs: torch.Tensor, uncertainty: str = Uncertainty.SDF_STD.value) -> torch.Tensor:

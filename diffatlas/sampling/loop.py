@@ -135,27 +135,56 @@ def run_to_end(states: Iterator[StepState]) -> torch.Tensor:
     return last.x
 
 
+def image_level(t: int | torch.Tensor, ratio: float) -> int | torch.Tensor:
+    """The image channel's timestep when the masks are at ``t``: ``round(ratio * (t + 1)) - 1``, so
+    ``ratio = 1`` gives ``t`` (the paper's replacement) and ``ratio = 0`` gives ``-1`` (the clean scan)."""
+    if isinstance(t, torch.Tensor):
+        return torch.round(ratio * (t + 1).double()).long() - 1
+    return int(round(ratio * (t + 1))) - 1
+
+
 class ImageReplacement:
-    """RePaint-style conditioning: at every visited ``t`` the image channel becomes ``q_sample(image, t)``
-    with fresh noise; at ``t = -1`` it becomes the clean image itself.
+    """RePaint-style conditioning: at every visited ``t`` the image channel becomes ``q_sample(image, t_image)``
+    with fresh noise, where ``t_image = image_level(t, level_ratio)`` (``t`` itself by default); at
+    ``t_image = -1``, and always at ``t = -1``, it becomes the clean image itself.
 
     Args:
         diffusion: the forward process.
         image: ``(B, 1, ...)`` the scans to segment, in [-1, 1].
         channel: the slice of the state holding the image (``ChannelLayout.image``).
+        level_ratio: in [0, 1]; below 1 the image is less noisy than the masks (a network trained with
+            decoupled noise levels is needed).
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, image: torch.Tensor, channel: slice):
+    def __init__(self, diffusion: GaussianDiffusion, image: torch.Tensor, channel: slice, level_ratio: float = 1.0):
+        if not 0.0 <= level_ratio <= 1.0:
+            raise ValueError(f"image level ratio must lie in [0, 1], got {level_ratio}")
         self.diffusion = diffusion
         self.image = image
         self.channel = channel
+        self.level_ratio = float(level_ratio)
 
     def __call__(self, x: torch.Tensor, t: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         x = x.clone()
-        if t < 0:
+        level = image_level(t, self.level_ratio) if t >= 0 else -1
+        noise = randn_like_per_sample(self.image, generators) if t >= 0 else None
+        if level < 0:
             x[:, self.channel] = self.image
             return x
-        bt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        noise = randn_like_per_sample(self.image, generators)
+        bt = torch.full((x.shape[0],), level, device=x.device, dtype=torch.long)
         x[:, self.channel] = self.diffusion.q_sample(self.image, bt, noise)
         return x
+
+
+class ImageLevelDenoiser(nn.Module):
+    """A network with decoupled noise levels (``forward(x, t, t_image)``) seen by the reverse loop as an
+    ordinary denoiser ``(x, t)``: the image level follows ``image_level(t, level_ratio)``, as in
+    :class:`ImageReplacement`."""
+
+    def __init__(self, network: nn.Module, level_ratio: float):
+        super().__init__()
+        self.network = network
+        self.level_ratio = float(level_ratio)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.network(x, t, t_image=image_level(t, self.level_ratio))
