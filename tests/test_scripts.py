@@ -230,3 +230,22 @@ def test_compare_config_takes_a_paper_experiment(hydra_configs):
         assert budget == {"steps": 10000, "batch_size": 6, "grad_accum": 2}
     assert cfg["baselines"]["icmd"]["sdf_clip"] == cfg["dataset"]["sdf_clip"]
     assert "train_dataset" not in cfg and cfg["train_split_file"] is None
+
+
+@pytest.mark.parametrize("shots", [2, 4])
+def test_acdc_compare_scripts(tmp_path, shots):
+    """The ACDC comparison prepares the raw folder and its splits, then compares the six rows on one split."""
+    done, calls = _run(ROOT / "testing_scripts" / f"compare_ACDC_{shots}shot.sh", tmp_path, "no_such_folder")
+    assert done.returncode == 1 and calls == [] and f"{tmp_path}/no_such_folder" in done.stderr
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    done, calls = _run(ROOT / "testing_scripts" / f"compare_ACDC_{shots}shot.sh", tmp_path, "raw",
+                       "training.steps=2")
+    assert done.returncode == 0, done.stderr
+    data = f"{tmp_path}/data/acdc_ed"
+    assert calls[0][:3] == ["-m", "diffatlas.prepare", "source=acdc_ed"] and f"out_dir={data}" in calls[0]
+    assert calls[1][:2] == ["-m", "diffatlas.splits"]
+    compare = calls[2]
+    assert compare[:2] == ["-m", "diffatlas.compare"] and f"split={shots}shot" in compare
+    assert "methods=[icf,rba,icmd,diffatlas,mean_atlas,nearest_atlas]" in compare
+    assert "training=cpu_acdc" in compare and compare[-1] == "training.steps=2"

@@ -207,3 +207,21 @@ compare_paper() {
   fi
   "$PY" -m diffatlas.compare experiment="$experiment" dataset.root="$data" "${zero_shot[@]}" "$@"
 }
+
+# compare_acdc <split> [RAW_DIR] [Hydra overrides ...]: the comparison on ACDC end-diastole (prepared on the
+# ACDC_SHAPE grid from the nnU-Net raw folder when missing; default ../shared/data/ACDC_ED): ICF, RBA, ICMD and
+# DiffAtlas fitted on the split's training cases with one training budget and one augmentation (training=cpu_acdc,
+# the augment config), plus the mean-atlas and nearest-atlas sanity rows. Checkpoints in
+# Model/compare_acdc_ed_<split>/ (resumed by a second run); the table in outputs/compare/compare_acdc_ed_<split>/.
+compare_acdc() {
+  local split="$1"
+  shift
+  leading_paths 1 "$@"
+  shift "$NUM_PATHS"
+  local raw="${PATHS[0]:-$(env_path "${ACDC_RAW:-}")}"
+  raw="${raw:-../shared/data/ACDC_ED}"
+  local data="$DATA_BASE/acdc_ed"
+  prepare_acdc "$raw" "$data" "" "$split"
+  "$PY" -m diffatlas.compare dataset=acdc_ed dataset.root="$data" dataset.splits_dir="$data/splits" split="$split" \
+    training=cpu_acdc "methods=[icf,rba,icmd,diffatlas,mean_atlas,nearest_atlas]" "$@"
+}
