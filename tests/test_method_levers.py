@@ -1,6 +1,8 @@
 """The DiffAtlas recipe's levers: joint augmentation, decoupled image and mask noise levels, sample selection,
 and the mean- and nearest-atlas sanity baselines."""
 
+from functools import lru_cache
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,11 @@ K = 5
 
 def _phantom_batch(n: int = 2) -> torch.Tensor:
     """``(n, 1 + K + 1, 24, 24, 24)``: image, K SDFs, then the label map itself."""
+    return _phantoms(n).clone()
+
+
+@lru_cache(maxsize=None)
+def _phantoms(n: int) -> torch.Tensor:
     items = []
     for seed in range(n):
         p = make_phantom(seed, "ct", (24, 24, 24), 100.0)
