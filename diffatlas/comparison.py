@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
-from diffatlas.builders import load_segmenter
 from diffatlas.data.datasets import CaseData, PreparedData
 from diffatlas.device import resolve_device
 from diffatlas.fitting import fit_denoiser
 from diffatlas.inputs import load_data_and_split
-from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.scoring import ScoreSheet, write_comparison
+from diffatlas.segmenter import DiffAtlasGridModel
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +38,16 @@ class DiffAtlasMethod:
     def __init__(self, cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any] | None = None):
         self.cfg = {**cfg, "dataset": dataset_cfg or cfg["dataset"]}
         self.device = resolve_device(cfg["device"])
-        self.segmenter: DiffAtlasSegmenter | None = None
+        self.segmenter: DiffAtlasGridModel | None = None
 
     def fit(self, data: PreparedData, train_cases: list[str]) -> None:
         checkpoint = fit_denoiser(self.cfg, data, list(train_cases), [], self.cfg["split"]["name"])
-        self.segmenter, _ = load_segmenter(checkpoint, self.cfg["sampler"], self.device)
+        self.segmenter, _ = DiffAtlasGridModel.from_checkpoint(checkpoint, self.cfg["sampler"], self.device)
 
     def segment(self, case: CaseData) -> np.ndarray:
         if self.segmenter is None:
             raise RuntimeError("DiffAtlasMethod.segment called before fit")
-        image = torch.from_numpy(case.image[None, None]).float().to(self.device)
-        return self.segmenter.segment(image, [case.case])[0].cpu().numpy().astype(np.uint8)
+        return self.segmenter.segment_grid(case.image, case.case)[0]
 
 
 def build_method(key: str, cfg: Mapping[str, Any]) -> Any:

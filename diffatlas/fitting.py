@@ -15,7 +15,7 @@ from diffatlas.data.layout import ChannelLayout
 from diffatlas.device import resolve_device
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.evaluation.metrics import evaluate_case
-from diffatlas.inputs import load_data_and_split, sdf_settings
+from diffatlas.inputs import load_data_and_split, preparation_record, sdf_settings
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import count_parameters
 from diffatlas.training.augment import make_augment
@@ -52,6 +52,7 @@ def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[s
         "structures": list(data.structures), "sdf_clip": clip, "sdf_scale_vox": scale,
         "shape": list(data.shape), "dataset": data.name, "modality": data.modality,
         "split": split_name, "augment": dict(cfg.get("augment") or {}), "run": dict(cfg),
+        "preparation": preparation_record(data),
     }
     validate = None
     if settings.val_every and val_cases:

@@ -7,8 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+import nibabel as nib
+
 from diffatlas.data.datasets import PreparedData
-from diffatlas.data.phantom import write_phantom_dataset
+from diffatlas.data.io import spacing_from_affine
+from diffatlas.data.phantom import write_phantom_dataset, write_raw_phantom_scans
 from diffatlas.data.sdf import default_sdf_scale
 from diffatlas.data.splits import check_split_against, load_split, save_split, split_from_recipe
 
@@ -39,12 +42,31 @@ def sdf_settings(dataset_cfg: Mapping[str, Any], data: PreparedData) -> tuple[fl
     return float(dataset_cfg["sdf_clip"]), float(scale if scale is not None else default_sdf_scale(data.shape))
 
 
+def preparation_record(data: PreparedData) -> dict[str, Any]:
+    """How ``data``'s cases were made from scans, for segmenting new scans the same way: the modality, the
+    intensity scaling, the voxel axes (an orientation code such as ``LPS``: the directions axes 0, 1, 2 point
+    to) and the crop (mode, margin, cube, fixed size). Data without a crop record (phantoms, the official
+    layout) counts as a fixed-size crop the size of its grid's field of view, in its first case's axes."""
+    crop, orientation = data.info.get("crop"), data.info.get("orientation")
+    if crop is None or orientation is None:
+        affine = data.load_case(data.cases[0]).affine
+        orientation = orientation or "".join(nib.aff2axcodes(affine))
+        extent_mm = [n * s for n, s in zip(data.shape, spacing_from_affine(affine))]
+        crop = crop or {"mode": "whole", "margin_mm": 0.0, "cube": True, "size_mm": extent_mm}
+    return {"modality": data.modality, "intensity": dict(data.info["intensity"]), "orientation": orientation,
+            "crop": dict(crop), "shape": list(data.shape)}
+
+
 def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
     """Write synthetic phantoms (train, test and validation parts, each from its own case indices) and their
-    split file."""
+    split file; with ``raw_scans`` only the test cases, as raw unlabelled scans (``<out_dir>/<case>.nii.gz``)."""
     p = cfg["phantom"]
     out = Path(cfg["out_dir"])
     common = dict(modality=p["modality"], shape=tuple(p["shape"]), fov_mm=float(p["fov_mm"]), seed=int(p["seed"]))
+    if cfg.get("raw_scans"):
+        scans = write_raw_phantom_scans(out, int(p["num_test"]), prefix=f"{p['modality']}_test",
+                                        first_index=int(p["num_train"]), **common)
+        return {"train": [], "val": [], "test": [path.name for path in scans]}
     parts: dict[str, list[str]] = {}
     first_index = 0
     for part, count in (("train", int(p["num_train"])), ("test", int(p["num_test"])),

@@ -1,7 +1,9 @@
 """Segmenting and scoring a split's test cases with a DiffAtlas checkpoint (``python -m diffatlas.test``).
 
-Predictions are written as NIfTI with the input's affine (with an ensemble also ``<case>_uncertainty.nii.gz``),
-with ``per_case.csv``, ``summary.json`` and ``table.md`` (see :class:`diffatlas.scoring.ScoreSheet`).
+With ``roi=label`` (the paper's protocol) the prepared crops are segmented; predictions are written as NIfTI with
+the input's affine (with an ensemble also ``<case>_uncertainty.nii.gz``), with ``per_case.csv``, ``summary.json``
+and ``table.md`` (see :class:`diffatlas.scoring.ScoreSheet`). With ``roi=auto`` or ``roi=whole`` the cases' raw
+scans are segmented by the label-free ``Segmenter`` instead and scored in native space, with the QC report.
 """
 
 from __future__ import annotations
@@ -12,25 +14,34 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from diffatlas.builders import load_segmenter
+from diffatlas import qc
+from diffatlas.data.geometry import to_array
 from diffatlas.data.io import write_volume
+from diffatlas.data.prepare import native_info, native_label
 from diffatlas.device import resolve_device
+from diffatlas.evaluation.metrics import evaluate_case
+from diffatlas.evaluation.report import CaseResult, summarize, write_reports
 from diffatlas.inputs import load_data_and_split
-from diffatlas.scoring import ScoreSheet
+from diffatlas.postprocess import Postprocessing
+from diffatlas.scoring import NATIVE_PREDICTIONS, ScoreSheet
+from diffatlas.segmenter import DiffAtlasGridModel, Segmenter, read_scan
 
 log = logging.getLogger(__name__)
 
 
 def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Segment and score the split's test cases; returns the summary written to ``run_dir``."""
+    if cfg.get("roi", "label") != "label":
+        return test_on_scans(cfg, run_dir)
     device = resolve_device(cfg["device"])
     run_dir = Path(run_dir)
     data, split = load_data_and_split(cfg["dataset"], cfg["split"])
+    postprocess = Postprocessing.from_config(cfg.get("postprocess"), data.structures)
     checkpoint = Path(cfg["checkpoint"])
-    seg, stored = load_segmenter(checkpoint, cfg["sampler"], device)
+    model, stored = DiffAtlasGridModel.from_checkpoint(checkpoint, cfg["sampler"], device)
+    seg = model.sampler
     if list(stored["structures"]) != list(data.structures):
         raise ValueError(f"the checkpoint segments {stored['structures']} but {data.root} holds "
                          f"{list(data.structures)}; use a dataset with the same structures")
@@ -44,20 +55,60 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     scores = ScoreSheet(data, cases, float(cfg["nsd_tolerance_mm"]), run_dir)
     for start in tqdm(range(0, len(cases), batch_size), desc="test", disable=None):
         chunk = [data.load_case(c) for c in cases[start:start + batch_size]]
-        images = torch.from_numpy(np.stack([c.image for c in chunk])[:, None]).float().to(device)
         t0 = time.perf_counter()
-        fused, spread = seg.segment_with_uncertainty(images, [c.case for c in chunk])
-        labels = fused.cpu().numpy().astype(np.uint8)
+        fused, spread = model.segment_batch(np.stack([c.image for c in chunk]), [c.case for c in chunk])
+        labels = np.stack([postprocess(label) for label in fused])
         seconds = (time.perf_counter() - t0) / len(chunk)
         for n, (case, label) in enumerate(zip(chunk, labels)):
             scores.add(case, label, seconds)
             if spread is not None:
-                write_volume(scores.pred_dir / f"{case.case}_uncertainty.nii.gz",
-                             spread[n].cpu().numpy().astype(np.float32), case.affine)
+                write_volume(scores.pred_dir / f"{case.case}_uncertainty.nii.gz", spread[n], case.affine)
     sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.network_evaluations, "eta": seg.plan.eta,
                     "seed": seg.seed, "ensemble_size": seg.ensemble_size, "fusion": seg.fusion,
                     "uncertainty": seg.uncertainty if seg.ensemble_size > 1 else None,
-                    "guidance_scale": seg.guidance_scale}
+                    "guidance_scale": seg.guidance_scale, "roi": "label", "postprocess": postprocess.describe()}
     summary = scores.finish("DiffAtlas", split.get("name", Path(cfg["split"]["file"]).stem), sampler_info)
+    log.info("results written to %s", run_dir)
+    return summary
+
+
+def test_on_scans(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Segment the raw scans of the split's test cases with the label-free ``Segmenter`` (``cfg["roi"]``), score
+    them against the reference labels on each scan's own grid, and write the reports and the QC report."""
+    run_dir = Path(run_dir)
+    data, split = load_data_and_split(cfg["dataset"], cfg["split"])
+    segmenter = Segmenter.from_checkpoint(cfg["checkpoint"], cfg["device"], sampler=cfg["sampler"], roi=cfg["roi"],
+                                          roi_passes=int(cfg.get("roi_passes", 2)),
+                                          postprocess=cfg.get("postprocess"))
+    if segmenter.structures != data.structures:
+        raise ValueError(f"the checkpoint segments {list(segmenter.structures)} but {data.root} holds "
+                         f"{list(data.structures)}; use a dataset with the same structures")
+    cases = list(split["test"])
+    if not cases:
+        raise ValueError(f"split {cfg['split']['file']} has no test cases")
+    tolerance_mm = float(cfg["nsd_tolerance_mm"])
+    results: list[CaseResult] = []
+    views: list[qc.CaseQC] = []
+    for case in tqdm(cases, desc=f"test roi={segmenter.roi}", disable=None):
+        info = native_info(data.root, case)
+        if info is None:
+            raise ValueError(f"roi={segmenter.roi} segments the raw scans, but case {case} of {data.root} has no "
+                             "native record: use data prepared from raw scans, or roi=label")
+        result = segmenter.segment_image(read_scan(info["source_image"]), case)
+        result.save(run_dir / NATIVE_PREDICTIONS / f"{case}.nii.gz")
+        metrics = evaluate_case(result.labels, to_array(native_label(data.root, info)), data.structures,
+                                result.scan_grid.spacing, tolerance_mm)
+        results.append(CaseResult(case, metrics, result.seconds))
+        images = qc.render_case(run_dir / "qc", case, result.image_grid, result.labels_grid, len(data.structures),
+                                result.uncertainty_grid)
+        views.append(qc.CaseQC(case, [f"qc/{name}" for name in images], result.volumes_ml(), metrics,
+                               seconds=result.seconds))
+    summary = summarize(results, data.structures, method="DiffAtlas", dataset=data.name,
+                        split=split.get("name", Path(cfg["split"]["file"]).stem), tolerance_mm=tolerance_mm,
+                        sampler=segmenter.describe(), space="native")
+    write_reports(run_dir, [], summary, results)
+    qc.write_volumes(run_dir / qc.VOLUMES, views, data.structures)
+    qc.write_report(run_dir, views, data.structures, f"{data.name} test cases, roi={segmenter.roi}",
+                    segmenter.describe())
     log.info("results written to %s", run_dir)
     return summary

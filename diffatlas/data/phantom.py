@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from diffatlas.data.datasets import open_dataset_info, save_dataset_info, write_case
 from diffatlas.data.intensity import Modality, check_modality, intensity_spec, normalize_intensity
+from diffatlas.data.io import write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -411,3 +412,31 @@ def write_phantom_dataset(
     save_dataset_info(out_dir, info)
     logger.info("wrote %d %s phantoms to %s (%d cases in total)", len(cases), modality, out_dir, len(info["cases"]))
     return cases
+
+
+def write_raw_phantom_scans(
+    out_dir: str | Path,
+    num_cases: int,
+    modality: Modality,
+    shape: Sequence[int] = (32, 32, 32),
+    fov_mm: float = 128.0,
+    seed: int = 0,
+    prefix: str | None = None,
+    first_index: int = 0,
+) -> list[Path]:
+    """Write phantom scans as a user would have them: ``<out_dir>/<prefix>_<i:04d>.nii.gz``, raw intensities
+    (HU for CT), no labels, no ``dataset.json``. Case ``i`` is the same phantom ``write_phantom_dataset`` draws
+    for index ``i`` with the same seed, shape and field of view. Returns the files written."""
+    check_modality(modality)
+    if num_cases < 1:
+        raise ValueError(f"num_cases must be >= 1, got {num_cases}")
+    grid = _check_grid(shape, fov_mm)
+    prefix = modality if prefix is None else prefix
+    paths = []
+    for index in range(first_index, first_index + num_cases):
+        phantom = make_phantom(phantom_case_seed(seed, index), modality, grid, fov_mm)
+        path = Path(out_dir) / f"{prefix}_{index:04d}.nii.gz"
+        write_volume(path, phantom.image, phantom.affine)
+        paths.append(path)
+    logger.info("wrote %d raw %s phantom scans to %s", len(paths), modality, out_dir)
+    return paths
