@@ -291,3 +291,30 @@ def test_test_command_with_roi_auto_scores_the_raw_scans_without_their_labels(tm
         assert pred.shape == scan.shape and np.allclose(pred.affine, scan.affine, atol=1e-4)
     page = (tmp_path / "run" / "report.html").read_text()
     assert all(f"qc/{case}_planes.png" in page for case in cases) and "Dice (%)" in page
+
+
+def test_segment_scripts_pass_their_arguments(tmp_path):
+    """``segment.sh`` with a stand-in Python that records its arguments: paths made absolute, DDIM-10, overrides."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    record, fake = tmp_path / "calls", tmp_path / "python"
+    fake.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" > {record}\n")
+    fake.chmod(0o755)
+    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "scans").mkdir()
+    env = dict(os.environ, PYTHON=str(fake))
+    script = str(root / "testing_scripts" / "segment.sh")
+    done = subprocess.run(["bash", script, "model.pt", "scans", "out", "roi=whole"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert record.read_text().splitlines() == [
+        "-m", "diffatlas.segment", f"checkpoint={tmp_path}/model.pt", f"input={tmp_path}/scans",
+        f"output={tmp_path}/out", "sampler=ddim", "sampler.num_steps=10", "roi=whole"]
+    done = subprocess.run(["bash", script, "missing.pt", "scans", "out"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith("error: no checkpoint at")
+    done = subprocess.run(["bash", script, "model.pt"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "usage: bash testing_scripts/segment.sh CHECKPOINT INPUT OUTPUT" in done.stderr
