@@ -80,8 +80,8 @@ def mask_objective(diffusion: GaussianDiffusion) -> Objective:
 
     def objective(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         image, sdf = batch[:, :1], batch[:, 1:]
-        t = torch.randint(diffusion.num_timesteps, (batch.shape[0],), generator=generator).to(batch.device)
-        noise = torch.randn(sdf.shape, generator=generator).to(batch.device)
+        t = torch.randint(diffusion.num_timesteps, (batch.shape[0],), generator=generator, device=batch.device)
+        noise = torch.randn(sdf.shape, generator=generator, device=batch.device)
         return diffusion.loss(_conditioned(model, image), sdf, t, noise)
 
     return objective
@@ -108,10 +108,10 @@ def ve_objective(sigmas: torch.Tensor, loss: str = "l2") -> Objective:
 
     def objective(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         image, sdf = batch[:, :1], batch[:, 1:]
-        i = torch.randint(len(sigmas), (batch.shape[0],), generator=generator)
-        z = torch.randn(sdf.shape, generator=generator).to(batch.device)
-        sigma = sigmas[i].to(batch.device).view(-1, *([1] * (sdf.ndim - 1)))
-        err = model(torch.cat([image, sdf + sigma * z], dim=1), i.to(batch.device)).float() - z
+        i = torch.randint(len(sigmas), (batch.shape[0],), generator=generator, device=batch.device)
+        z = torch.randn(sdf.shape, generator=generator, device=batch.device)
+        sigma = sigmas.to(batch.device)[i].view(-1, *([1] * (sdf.ndim - 1)))
+        err = model(torch.cat([image, sdf + sigma * z], dim=1), i).float() - z
         return err.abs().mean() if loss_type is LossType.L1 else err.pow(2).mean()
 
     return objective
