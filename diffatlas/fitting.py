@@ -19,6 +19,7 @@ from diffatlas.inputs import load_data_and_split, preparation_record, sdf_settin
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import count_parameters
 from diffatlas.training.augment import make_augment
+from diffatlas.training.distributed import init_distributed
 from diffatlas.training.trainer import LAST, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,11 @@ def train(cfg: Mapping[str, Any]) -> Path:
 def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[str], val_cases: list[str],
                  split_name: str) -> Path:
     """Train the joint denoiser on ``train_cases`` of ``data`` (validation Dice on ``val_cases``) with the
-    ``model``, ``diffusion`` and ``training`` settings of ``cfg``; returns the path of the last checkpoint."""
-    device = resolve_device(cfg["device"])
+    ``model``, ``diffusion`` and ``training`` settings of ``cfg``; returns the path of the last checkpoint.
+
+    Under ``torchrun`` every process runs this: each joins the process group on its own device and trains
+    its part of every batch; rank 0 writes the checkpoints (see ``diffatlas.training.distributed``)."""
+    device = init_distributed(resolve_device(cfg["device"]))
     layout = ChannelLayout(data.num_structures)
     clip, scale = sdf_settings(cfg["dataset"], data)
     dataset = JointDataset(data, train_cases, sdf_clip=clip, sdf_scale_vox=scale)

@@ -2,15 +2,22 @@
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from diffatlas.data.phantom import write_phantom_dataset
+from diffatlas.data.splits import save_split
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.training.distributed import World, close_distributed, current_world, init_distributed
 from diffatlas.training.trainer import LAST, Trainer, TrainSettings, diffusion_objective, load_checkpoint
 from tests.conftest import tiny_unet
+from tests.test_scripts import _fake_prepared
+from tests.test_scripts import _run as _run_script
 
 
 def _data():
@@ -69,3 +76,47 @@ def test_two_gloo_processes_train_like_one_process_and_resume(tmp_path):
         assert torch.equal(other[key], value), key  # both ranks hold the same weights
     assert len(list((run / "tb").glob("events.out.tfevents*"))) == 2  # one per launch, from rank 0 alone
     assert not torch.equal(ckpt["model"]["stem.weight"], _trainer(tmp_path / "fresh", 2).model.state_dict()["stem.weight"])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = ["model.base_channels=8", "model.channel_mults=[1,2]", "model.attention_levels=[1]",
+              "model.attention_heads=2", "model.norm_groups=4"]
+
+
+def test_nproc_starts_training_through_torchrun(tmp_path):
+    _fake_prepared(tmp_path / "mine")
+    rendezvous = "--nnodes=2 --rdzv_backend=c10d --rdzv_endpoint=node0:29500 --rdzv_id=run1"
+    done, calls = _run_script(ROOT / "training_scripts" / "train_MMWHSCT_2shot.sh", tmp_path, "mine", NPROC="4",
+                              TORCHRUN_ARGS=rendezvous)
+    assert done.returncode == 0, done.stderr
+    assert calls == [["-m", "torch.distributed.run", "--nproc_per_node=4", *rendezvous.split(), "-m", "diffatlas.train",
+                      "experiment=mmwhs_ct_2shot", f"dataset.root={tmp_path}/mine", "checkpoint_dir=Model/mmwhs_ct_2shot"]]
+
+
+def _torchrun_train(tmp_path, data, steps, run):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+               "-m", "diffatlas.train", f"dataset.root={data}", f"split.file={tmp_path / 'split.json'}", *TINY_MODEL,
+               f"checkpoint_dir={tmp_path / 'model'}", f"training.steps={steps}", "training.batch_size=1",
+               "training.grad_accum=2", "training.checkpoint_every=2", "training.val_every=0", "device=auto",
+               f"hydra.run.dir={tmp_path / run}"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_torchrun_trains_checkpoints_and_resumes_with_gloo(tmp_path):
+    data = tmp_path / "phantom_ct"
+    cases = write_phantom_dataset(data, 3, "ct", shape=(16, 16, 16), fov_mm=100.0, seed=0)
+    save_split({"name": "full", "dataset": "phantom_ct", "train": cases, "val": [], "test": []}, tmp_path / "split.json")
+    _torchrun_train(tmp_path, data, 2, "first")
+    assert load_checkpoint(tmp_path / "model" / LAST)["step"] == 2
+    second = _torchrun_train(tmp_path, data, 4, "second")
+    assert load_checkpoint(tmp_path / "model" / LAST)["step"] == 4
+    log = (tmp_path / "second" / "train.log").read_text()  # rank 0's log; rank 1 writes none
+    assert "resumed from" in log and "at step 2" in log
+    assert "effective batch 4 = batch 1 x accumulation 2 x 2 process(es)" in log
+    assert "backend gloo" in log
+    assert log.count("resumed from") == 1 and "resumed from" not in second.stderr
+    assert len(list((tmp_path / "model" / "tb").glob("events.out.tfevents*"))) == 2

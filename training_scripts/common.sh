@@ -9,13 +9,23 @@
 # else (defaults, DIFFATLAS_DATA) is relative to the repository root, where the commands run.
 #
 # Env: PYTHON (default .venv/bin/python, else python3), DIFFATLAS_DATA (prepared data, default outputs/data),
-#      DATA_ROOT (a prepared dataset folder), CHECKPOINT_DIR (training output), CHECKPOINT (the .pt to test).
+#      DATA_ROOT (a prepared dataset folder), CHECKPOINT_DIR (training output), CHECKPOINT (the .pt to test),
+#      NPROC (training processes on this machine, default 1: one per GPU, or gloo processes on the CPU) and
+#      TORCHRUN_ARGS (further torchrun options, e.g. for several machines; README, "Several GPUs").
 set -euo pipefail
 CALLER_DIR="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo "$PWD/.venv/bin/python" || echo python3 )}"
 DATA_BASE="${DIFFATLAS_DATA:-outputs/data}"
 case "$DATA_BASE" in /*) ;; *) DATA_BASE="$PWD/$DATA_BASE" ;; esac   # printed commands work from anywhere
+# TRAIN: the training command; with NPROC > 1 or TORCHRUN_ARGS it starts one process per GPU through torchrun.
+NPROC="${NPROC:-1}"
+TRAIN=("$PY" -m diffatlas.train)
+if [ "$NPROC" != 1 ] || [ -n "${TORCHRUN_ARGS:-}" ]; then
+  read -r -a TORCHRUN_EXTRA <<< "${TORCHRUN_ARGS:-}"
+  TRAIN=("$PY" -m torch.distributed.run --nproc_per_node="$NPROC" ${TORCHRUN_EXTRA[@]+"${TORCHRUN_EXTRA[@]}"}
+    -m diffatlas.train)
+fi
 OFFICIAL_DATA_URL="https://huggingface.co/datasets/YuheLiuu/DiffAtlas_Preprocessed_Data"
 
 is_override() {
@@ -133,7 +143,7 @@ train_paper() {
   out="${out:-Model/$experiment}"
   require_prepared "$dataset" "$data"
   ensure_splits "$dataset" "$data" "$split"
-  "$PY" -m diffatlas.train experiment="$experiment" dataset.root="$data" checkpoint_dir="$out" "$@"
+  "${TRAIN[@]}" experiment="$experiment" dataset.root="$data" checkpoint_dir="$out" "$@"
 }
 
 test_paper() {

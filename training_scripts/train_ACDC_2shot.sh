@@ -13,6 +13,6 @@ RAW="${PATHS[0]:-$(env_path "${ACDC_RAW:-}")}"
 RAW="${RAW:-../shared/data/ACDC_ED}"
 OUT_DIR="$(env_path "${CHECKPOINT_DIR:-}")"
 prepare_acdc "$RAW" "$DATA_BASE/acdc_ed" "" 2shot
-"$PY" -m diffatlas.train dataset=acdc_ed dataset.root="$DATA_BASE/acdc_ed" \
+"${TRAIN[@]}" dataset=acdc_ed dataset.root="$DATA_BASE/acdc_ed" \
   dataset.splits_dir="$DATA_BASE/acdc_ed/splits" split=2shot training=cpu_acdc run_name=acdc_ed_2shot \
   checkpoint_dir="${OUT_DIR:-Model/acdc_ed_2shot}" "$@"

@@ -4,4 +4,4 @@
 # Env: PYTHON (default .venv/bin/python or python3), DIFFATLAS_DATA (default outputs/data).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_ct_phantoms
-"$PY" -m diffatlas.train dataset=phantom_ct run_name=phantom_ct "$@"
+"${TRAIN[@]}" dataset=phantom_ct run_name=phantom_ct "$@"

@@ -19,6 +19,19 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def quiet_other_ranks(run_dir_key: str = "checkpoint_dir") -> None:
+    """Under ``torchrun``, only rank 0 keeps Hydra's run folder, saved config and log file: the other ranks get
+    no log file and no saved config, and ``${run_dir_key}`` (a folder rank 0 writes anyway) as their run folder.
+    Their Python logging then shows warnings and errors only. Call before the Hydra entry point."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:] if "=" in arg}
+    for key, value in (("hydra/job_logging", "disabled"), ("hydra.output_subdir", "null"),
+                       ("hydra.run.dir", f"${{{run_dir_key}}}")):
+        if key not in given:
+            sys.argv.append(f"{key}={value}")
+
+
 def run_or_explain(func: Callable[[], Any]) -> Any:
     """Run an entry point's work; turn the errors a user can fix (missing files, bad settings) into a one-line
     message and exit status 1 instead of a traceback. Set ``DIFFATLAS_DEBUG=1`` to see the traceback."""
