@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from diffatlas.data.datasets import CaseData, PreparedData
+from diffatlas.device import resolve_device
 from diffatlas.methods.base import check_train_cases
 from diffatlas.nets.unet import UNet
 from diffatlas.training.augment import augmented_objective, make_augment
@@ -89,7 +90,7 @@ class ICF:
             every training batch: the same augmentation DiffAtlas gets in a comparison.
         training: ``TrainSettings`` keyword arguments (steps, batch_size, lr, flip_axes, seed, ...).
         ce_weight, dice_weight: loss weights, non-negative and not both zero.
-        device: where to train and segment.
+        device: where to train and segment: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     name = "ICF"
@@ -103,7 +104,7 @@ class ICF:
         augment: dict[str, Any] | None = None,
         ce_weight: float = 1.0,
         dice_weight: float = 1.0,
-        device: str = "cpu",
+        device: str = "auto",
     ):
         self.network = dict(network or {})
         reserved = [key for key in _RESERVED_NETWORK_KEYS if key in self.network]
@@ -116,7 +117,7 @@ class ICF:
         self.out_dir = Path(out_dir)
         self.ce_weight = float(ce_weight)
         self.dice_weight = float(dice_weight)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model: nn.Module | None = None
 
     def build_network(self, num_structures: int) -> UNet:

@@ -37,6 +37,7 @@ from torch import nn
 from diffatlas.data.datasets import CaseData, JointDataset, PreparedData
 from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import decode_sdf_torch, default_sdf_scale
+from diffatlas.device import resolve_device
 from diffatlas.diffusion.gaussian import GaussianDiffusion, LossType, Prediction
 from diffatlas.methods.base import check_train_cases
 from diffatlas.methods.diffatlas import case_seed
@@ -280,7 +281,7 @@ class ICMD:
         corrector_steps: Langevin steps per level (SDE modes; 0 = predictor only).
         sigma_min, sigma_max: the VE noise levels (``ve_sde`` only).
         seed: base seed; each case's sampling noise is seeded from ``(seed, case id)``.
-        device: where to train and segment.
+        device: where to train and segment: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     name = "ICMD"
@@ -304,7 +305,7 @@ class ICMD:
         sigma_min: float = 0.002,
         sigma_max: float = 1.0,
         seed: int = 0,
-        device: str = "cpu",
+        device: str = "auto",
     ):
         self.mode = _parse_mode(mode)
         self.network = dict(network or {})
@@ -336,7 +337,7 @@ class ICMD:
         self.snr = float(snr)
         self.corrector_steps = int(corrector_steps)
         self.seed = int(seed)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.layout: ChannelLayout | None = None
         self.model: nn.Module | None = None
 
