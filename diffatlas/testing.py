@@ -66,7 +66,8 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.network_evaluations, "eta": seg.plan.eta,
                     "seed": seg.seed, "ensemble_size": seg.ensemble_size, "fusion": seg.fusion,
                     "uncertainty": seg.uncertainty if seg.ensemble_size > 1 else None,
-                    "guidance_scale": seg.guidance_scale, "roi": "label", "postprocess": postprocess.describe()}
+                    "guidance_scale": seg.guidance_scale, "bf16": seg.bf16, "roi": "label",
+                    "postprocess": postprocess.describe()}
     summary = scores.finish("DiffAtlas", split.get("name", Path(cfg["split"]["file"]).stem), sampler_info)
     log.info("results written to %s", run_dir)
     return summary
