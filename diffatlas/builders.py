@@ -60,7 +60,7 @@ def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPl
 def load_segmenter(checkpoint: str | Path, sampler_cfg: Mapping[str, Any], device: torch.device,
                    progress: bool = False) -> tuple[DiffAtlasSegmenter, dict[str, Any]]:
     """Build the sampler around the checkpoint's EMA weights; returns it and the checkpoint's stored config."""
-    ckpt = load_checkpoint(checkpoint, device)
+    ckpt = load_checkpoint(checkpoint)
     stored = ckpt["config"]
     layout = ChannelLayout(len(stored["structures"]))
     model = build_denoiser(stored["model"], layout).to(device)

@@ -5,6 +5,8 @@ from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.training.trainer import LAST, Trainer, TrainSettings, diffusion_objective, load_checkpoint, random_flip
 from tests.conftest import tiny_unet
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _data():
     g = torch.Generator().manual_seed(0)

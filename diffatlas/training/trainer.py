@@ -103,14 +103,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :class:`Trainer` (tensors and plain types only), by default onto the CPU
-    wherever it was saved from; ``load_state_dict`` then copies each tensor onto its module's or optimizer's
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :class:`Trainer` (tensors and plain types only) onto the CPU, whichever
+    device it was saved from; ``load_state_dict`` then copies each tensor onto its module's or optimizer's
     device."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train first (see training_scripts/) or pass its path")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def random_flip(batch: torch.Tensor, axes: Sequence[int], prob: float, generator: torch.Generator) -> torch.Tensor:
