@@ -1,10 +1,12 @@
 """Cost of the joint denoiser: parameters, forward and training-step seconds, peak memory, at 32^3 and 64^3.
 
-    python benchmarks/denoiser.py [--model unet_small] [--sizes 32 64] [--batch 1] [--repeats 3]
+    python benchmarks/denoiser.py [--models unet_small unet_base] [--sizes 32 64] [--batch 1] [--repeats 3]
 
 Each measurement runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA)
-is its own. The official DiffAtlas network's forward pass at 64^3 takes about 27 s on a 2-core CPU
-(../shared/DESIGN.md); the last column gives our speed-up over that figure.
+is its own. The machine is printed with the table. Beneath it come the official DiffAtlas network's figures
+(35.85M parameters, measured elsewhere, with their machine and batch) and, for a model of about its size
+measured on the same kind of machine with the same batch, the like-for-like ratio; a smaller network is not
+compared with it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OFFICIAL_FORWARD_64_S = 27.0
+OFFICIAL_PARAMETERS = 35_850_000
+OFFICIAL_64 = {  # (device type, batch of the forward, batch of the training step) -> seconds, and the machine
+    ("cpu", 1, 1): {"forward_s": 27.0, "train_step_s": 92.0, "machine": "2-core CPU"},
+    ("cuda", 5, 2): {"forward_s": 0.293, "train_step_s": 0.319, "machine": "one H100, torch 2.11, float32"},
+}
 
 
 def _measure(model_name: str, size: int, batch: int, repeats: int, device: str, threads: int, queue) -> None:
@@ -67,9 +73,19 @@ def _measure(model_name: str, size: int, batch: int, repeats: int, device: str, 
     queue.put(out)
 
 
+def _machine(device: str, threads: int) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))}, torch {torch.__version__}"
+    return f"CPU ({platform.machine()}, {threads} threads), torch {torch.__version__}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="unet_small", help="a file name in configs/model/")
+    parser.add_argument("--models", nargs="+", default=["unet_small", "unet_base"], help="file names in configs/model/")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -77,19 +93,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
-    print(f"model={args.model} batch={args.batch} device={args.device} threads={args.threads}")
-    print("| grid | parameters | forward (s) | train step (s) | peak memory (MB) | forward speed-up vs official 64^3 |")
-    print("|---|---|---|---|---|---|")
-    for size in args.sizes:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(args.model, size, args.batch, args.repeats, args.device,
-                                                  args.threads, queue))
-        proc.start()
-        r = queue.get()
-        proc.join()
-        speedup = f"{OFFICIAL_FORWARD_64_S / r['forward_s']:.1f}x" if size == 64 and args.batch == 1 else "-"
-        print(f"| {size}^3 | {r['params']:,} | {r['forward_s']:.3f} | {r['train_step_s']:.3f} | "
-              f"{r['peak_mb']:.0f} | {speedup} |")
+    print(f"machine: {_machine(args.device, args.threads)}; batch {args.batch}")
+    print("| model | grid | parameters | forward (s) | train step (s) | peak memory (MB) |")
+    print("|---|---|---:|---:|---:|---:|")
+    same_size = []
+    for model in args.models:
+        for size in args.sizes:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_measure, args=(model, size, args.batch, args.repeats, args.device,
+                                                      args.threads, queue))
+            proc.start()
+            r = queue.get()
+            proc.join()
+            print(f"| {model} | {size}^3 | {r['params']:,} | {r['forward_s']:.3f} | {r['train_step_s']:.3f} | "
+                  f"{r['peak_mb']:.0f} |")
+            if size == 64 and abs(r["params"] - OFFICIAL_PARAMETERS) < 0.1 * OFFICIAL_PARAMETERS:
+                same_size.append((model, r))
+    print(f"official Unet3D ({OFFICIAL_PARAMETERS / 1e6:.2f}M parameters) at 64^3, measured elsewhere:")
+    for (_, fwd_batch, train_batch), ref in OFFICIAL_64.items():
+        print(f"  {ref['machine']}: forward (batch {fwd_batch}) {ref['forward_s']} s, training step "
+              f"(batch {train_batch}) {ref['train_step_s']} s")
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    for model, r in same_size:
+        for (ref_kind, fwd_batch, train_batch), ref in OFFICIAL_64.items():
+            ratios = [f"{name} {ref[key] / r[key]:.1f}x faster" for name, key, batch in
+                      (("forward", "forward_s", fwd_batch), ("training step", "train_step_s", train_batch))
+                      if ref_kind == kind and batch == args.batch]
+            if ratios:
+                print(f"  {model} ({r['params'] / 1e6:.2f}M, batch {args.batch}) against the {ref['machine']} "
+                      f"figures: {', '.join(ratios)} (same kind of machine, not the same one)")
 
 
 if __name__ == "__main__":
