@@ -19,15 +19,16 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def quiet_other_ranks(run_dir_key: str = "checkpoint_dir") -> None:
+def quiet_other_ranks() -> None:
     """Under ``torchrun``, only rank 0 keeps Hydra's run folder, saved config and log file: the other ranks get
-    no log file and no saved config, and ``${run_dir_key}`` (a folder rank 0 writes anyway) as their run folder.
-    Their Python logging then shows warnings and errors only. Call before the Hydra entry point."""
+    no log file, no saved config, and the checkpoint folder (which rank 0 writes anyway) as their run folder,
+    so they leave nothing behind; their Python logging shows warnings and errors only. Call before the Hydra
+    entry point; overrides given on the command line win."""
     if int(os.environ.get("RANK", "0")) == 0:
         return
     given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:] if "=" in arg}
     for key, value in (("hydra/job_logging", "disabled"), ("hydra.output_subdir", "null"),
-                       ("hydra.run.dir", f"${{{run_dir_key}}}")):
+                       ("hydra.run.dir", "${checkpoint_dir}")):
         if key not in given:
             sys.argv.append(f"{key}={value}")
 
