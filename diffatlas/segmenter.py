@@ -271,7 +271,7 @@ class Segmenter:
             roi, roi_passes, postprocess: see the class.
         """
         torch_device = resolve_device(device)
-        stored = load_checkpoint(path, "cpu")["config"]
+        stored = load_checkpoint(path)["config"]
         if "structures" not in stored or "model" not in stored:
             raise ValueError(f"{path} is not a DiffAtlas checkpoint (written by python -m diffatlas.train)")
         sampler_cfg = dict(DEFAULT_SAMPLER if sampler is None else sampler)
