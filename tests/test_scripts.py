@@ -248,4 +248,4 @@ def test_acdc_compare_scripts(tmp_path, shots):
     compare = calls[2]
     assert compare[:2] == ["-m", "diffatlas.compare"] and f"split={shots}shot" in compare
     assert "methods=[icf,rba,icmd,diffatlas,mean_atlas,nearest_atlas]" in compare
-    assert "training=cpu_acdc" in compare and compare[-1] == "training.steps=2"
+    assert "training=cpu_acdc" in compare and "training.steps=400" in compare and compare[-1] == "training.steps=2"

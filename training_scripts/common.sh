@@ -220,9 +220,11 @@ compare_paper() {
 
 # compare_acdc <split> [RAW_DIR] [Hydra overrides ...]: the comparison on ACDC end-diastole (prepared on the
 # ACDC_SHAPE grid from the nnU-Net raw folder when missing; default ../shared/data/ACDC_ED): ICF, RBA, ICMD and
-# DiffAtlas fitted on the split's training cases with one training budget and one augmentation (training=cpu_acdc,
-# the augment config), plus the mean-atlas and nearest-atlas sanity rows. Checkpoints in
-# Model/compare_acdc_ed_<split>/ (resumed by a second run); the table in outputs/compare/compare_acdc_ed_<split>/.
+# DiffAtlas fitted on the split's training cases with one training budget and one augmentation (training=cpu_acdc
+# cut to ACDC_COMPARE_STEPS steps so that the three trained methods fit a 2-core CPU, and the augment config),
+# plus the mean-atlas and nearest-atlas sanity rows. Checkpoints in Model/compare_acdc_ed_<split>/ (resumed by a
+# second run); the table in outputs/compare/compare_acdc_ed_<split>/.
+ACDC_COMPARE_STEPS="${ACDC_COMPARE_STEPS:-400}"
 compare_acdc() {
   local split="$1"
   shift
@@ -233,5 +235,6 @@ compare_acdc() {
   local data="$DATA_BASE/acdc_ed"
   prepare_acdc "$raw" "$data" "" "$split"
   "$PY" -m diffatlas.compare dataset=acdc_ed dataset.root="$data" dataset.splits_dir="$data/splits" split="$split" \
-    training=cpu_acdc "methods=[icf,rba,icmd,diffatlas,mean_atlas,nearest_atlas]" "$@"
+    training=cpu_acdc training.steps="$ACDC_COMPARE_STEPS" "methods=[icf,rba,icmd,diffatlas,mean_atlas,nearest_atlas]" \
+    "$@"
 }
