@@ -15,7 +15,6 @@ from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import UNet
 from diffatlas.sampling.plans import TimestepPlan, make_plan
-from diffatlas.training.augment import JointAugment, augmented_objective
 from diffatlas.training.objectives import decoupled_objective
 from diffatlas.training.trainer import diffusion_objective, load_checkpoint
 
@@ -40,14 +39,12 @@ def build_diffusion(diffusion_cfg: Mapping[str, Any], layout: ChannelLayout) -> 
 
 
 def denoiser_objective(diffusion: GaussianDiffusion, model_cfg: Mapping[str, Any], diffusion_cfg: Mapping[str, Any],
-                       layout: ChannelLayout, augment: JointAugment | None):
+                       layout: ChannelLayout):
     """The training objective of the joint denoiser: the DDPM loss, with decoupled image and mask noise levels
-    when the network takes the image's level (``model.image_time``), on augmented batches when ``augment``."""
+    when the network takes the image's level (``model.image_time``)."""
     if model_cfg.get("image_time", False):
-        objective = decoupled_objective(diffusion, layout.image, float(diffusion_cfg.get("equal_levels_prob", 0.5)))
-    else:
-        objective = diffusion_objective(diffusion)
-    return augmented_objective(objective, augment)
+        return decoupled_objective(diffusion, layout.image, float(diffusion_cfg.get("equal_levels_prob", 0.5)))
+    return diffusion_objective(diffusion)
 
 
 def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPlan:

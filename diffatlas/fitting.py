@@ -62,9 +62,9 @@ def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[s
     if settings.val_every and val_cases:
         validate = _validator(cfg, data, val_cases, diffusion, layout, clip, device)
     augment = make_augment(cfg.get("augment"), image_channels=[layout.image.start])
-    objective = denoiser_objective(diffusion, cfg["model"], cfg["diffusion"], layout, augment)
+    objective = denoiser_objective(diffusion, cfg["model"], cfg["diffusion"], layout)
     trainer = Trainer(model, objective, dataset, cfg["checkpoint_dir"], settings,
-                      config=stored, validate=validate, device=device)
+                      config=stored, validate=validate, device=device, augment=augment)
     trainer.fit(resume=bool(cfg.get("resume", True)))
     return Path(cfg["checkpoint_dir"]) / LAST
 

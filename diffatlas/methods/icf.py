@@ -22,7 +22,7 @@ from diffatlas.data.datasets import CaseData, PreparedData
 from diffatlas.device import resolve_device
 from diffatlas.methods.base import check_train_cases
 from diffatlas.nets.unet import UNet
-from diffatlas.training.augment import augmented_objective, make_augment
+from diffatlas.training.augment import make_augment
 from diffatlas.training.trainer import Objective, Trainer, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -130,11 +130,11 @@ class ICF:
         """Train on ``train_cases`` for ``training.steps`` steps and keep the EMA network."""
         cases = check_train_cases(data, train_cases)
         trainer = Trainer(self.build_network(data.num_structures),
-                          augmented_objective(segmentation_objective(self.ce_weight, self.dice_weight), self.augment),
+                          segmentation_objective(self.ce_weight, self.dice_weight),
                           ImageLabelDataset(data, cases), self.out_dir, self.settings,
                           config={"method": "ICF", "dataset": data.name, "train_cases": list(cases),
                                   "augment": self.augment is not None},
-                          device=self.device)
+                          device=self.device, augment=self.augment)
         scalars = trainer.fit()
         logger.info("ICF trained on %d cases of %s: %s", len(cases), data.name, scalars)
         self.model = trainer.ema.eval()

@@ -44,7 +44,7 @@ from diffatlas.methods.diffatlas import case_seed
 from diffatlas.nets.unet import UNet
 from diffatlas.sampling.loop import StepState, make_generators, randn_like_per_sample, reverse_process, run_to_end
 from diffatlas.sampling.plans import TimestepPlan, make_plan
-from diffatlas.training.augment import augmented_objective, make_augment
+from diffatlas.training.augment import make_augment
 from diffatlas.training.trainer import Objective, Trainer, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -366,12 +366,12 @@ class ICMD:
         if self.sdf_scale_vox is None:
             self.sdf_scale_vox = default_sdf_scale(data.shape)
         dataset = JointDataset(data, cases, sdf_clip=self.sdf_clip, sdf_scale_vox=self.sdf_scale_vox)
-        trainer = Trainer(self.build_network(data.num_structures), augmented_objective(self.objective(), self.augment),
+        trainer = Trainer(self.build_network(data.num_structures), self.objective(),
                           dataset, self.out_dir,
                           self.settings, config={"method": "ICMD", "mode": self.mode.value, "dataset": data.name,
                                                  "train_cases": list(cases), "sdf_clip": self.sdf_clip,
                                                  "sdf_scale_vox": self.sdf_scale_vox},
-                          device=self.device)
+                          device=self.device, augment=self.augment)
         scalars = trainer.fit()
         logger.info("ICMD (%s) trained on %d cases of %s: %s", self.mode.value, len(cases), data.name, scalars)
         self.layout = dataset.layout

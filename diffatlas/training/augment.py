@@ -238,16 +238,4 @@ def make_augment(config: dict | None, *, image_channels: Sequence[int] = (0,),
     return JointAugment(AugmentSettings(**cfg), image_channels=image_channels, label_channels=label_channels)
 
 
-def augmented_objective(objective, augment: JointAugment | None):
-    """An objective ``(model, batch, generator) -> loss`` that augments each batch first (``augment`` draws
-    from the same generator, so training stays reproducible); ``objective`` itself when ``augment`` is None."""
-    if augment is None:
-        return objective
-
-    def wrapped(model, batch, generator):
-        return objective(model, augment(batch, generator), generator)
-
-    return wrapped
-
-
-__all__ = ["AugmentSettings", "JointAugment", "rotation_matrices", "warp", "make_augment", "augmented_objective"]
+__all__ = ["AugmentSettings", "JointAugment", "rotation_matrices", "warp", "make_augment"]

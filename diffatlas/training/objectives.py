@@ -16,12 +16,12 @@ from diffatlas.diffusion.gaussian import GaussianDiffusion
 
 def draw_image_levels(t: torch.Tensor, equal_prob: float, generator: torch.Generator) -> torch.Tensor:
     """Image timesteps ``(B,)`` for mask timesteps ``t`` ``(B,)``: ``t`` itself with probability ``equal_prob``,
-    else uniform in ``-1 .. t``. Draws on the generator's device, returns on ``t``'s."""
+    else uniform in ``-1 .. t``. Draws on ``t``'s device (the generator's)."""
     if not 0.0 <= equal_prob <= 1.0:
         raise ValueError(f"equal_prob must lie in [0, 1], got {equal_prob}")
     shape = (t.shape[0],)
-    equal = torch.rand(shape, generator=generator, device=generator.device).to(t.device) < equal_prob
-    u = torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float64).to(t.device)
+    equal = torch.rand(shape, generator=generator, device=t.device) < equal_prob
+    u = torch.rand(shape, generator=generator, device=t.device, dtype=torch.float64)
     lower = (u * (t.double() + 2)).floor().long() - 1   # u < 1, so -1 <= lower <= t
     return torch.where(equal, t, lower)
 
@@ -37,8 +37,8 @@ def decoupled_objective(diffusion: GaussianDiffusion, image_channels: slice, equ
 
     def objective(model: nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, c = batch.shape[:2]
-        t = torch.randint(diffusion.num_timesteps, (b,), generator=generator, device=generator.device).to(batch.device)
-        noise = torch.randn(batch.shape, generator=generator, device=generator.device).to(batch.device)
+        t = torch.randint(diffusion.num_timesteps, (b,), generator=generator, device=batch.device)
+        noise = torch.randn(batch.shape, generator=generator, device=batch.device, dtype=batch.dtype)
         t_image = draw_image_levels(t, equal_prob, generator)
         levels = t[:, None].repeat(1, c)
         levels[:, image_channels] = t_image[:, None]
