@@ -131,10 +131,10 @@ def test_nnunet_labels_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no dataset.json"):
         sources.nnunet_labels(tmp_path)
     (tmp_path / "dataset.json").write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read its 'labels'"):
+    with pytest.raises(ValueError, match="is not valid JSON"):
         sources.nnunet_labels(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"name": "x"}))
-    with pytest.raises(ValueError, match="cannot read its 'labels'"):
+    with pytest.raises(ValueError, match="'labels' must be an object"):
         sources.nnunet_labels(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "core": 2}}))
     with pytest.raises(ValueError, match="region-based labels are not supported"):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffatlas.data.caseids import check_case_id, path_inside
 from diffatlas.data.intensity import check_modality
 from diffatlas.data.io import read_json_object, read_volume, spacing_from_affine, write_volume
 from diffatlas.data.layout import ChannelLayout
@@ -42,14 +43,21 @@ REQUIRED_KEYS = ("name", "modality", "structures", "shape", "intensity", "cases"
 _HOW_TO_MAKE = "run `python -m diffatlas.prepare` or `make demo` to create prepared data"
 
 
+def case_file(root: str | Path, folder: str, case: str, suffix: str = ".nii.gz") -> Path:
+    """``<root>/<folder>/<case><suffix>``, after checking that ``case`` is a plain id and the path stays in
+    ``root``."""
+    check_case_id(case, f"{root}/{folder}")
+    return path_inside(root, Path(root) / folder / f"{case}{suffix}", f"case {case!r}")
+
+
 def image_path(root: str | Path, case: str) -> Path:
     """Where a prepared case's image lives."""
-    return Path(root) / "images" / f"{case}.nii.gz"
+    return case_file(root, "images", case)
 
 
 def label_path(root: str | Path, case: str) -> Path:
     """Where a prepared case's label lives."""
-    return Path(root) / "labels" / f"{case}.nii.gz"
+    return case_file(root, "labels", case)
 
 
 def validate_info(info: dict[str, Any], source: str) -> None:
@@ -57,18 +65,26 @@ def validate_info(info: dict[str, Any], source: str) -> None:
     missing = [key for key in REQUIRED_KEYS if key not in info]
     if missing:
         raise ValueError(f"{source}: missing keys {missing} (required: {list(REQUIRED_KEYS)})")
-    check_modality(info["modality"])
+    if not isinstance(info["name"], str):
+        raise ValueError(f"{source}: 'name' must be a string, got {info['name']!r}")
+    try:
+        check_modality(info["modality"])
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     structures = info["structures"]
-    if not structures or not all(isinstance(s, str) for s in structures) or len(structures) > 255:
+    if (not isinstance(structures, list) or not structures or not all(isinstance(s, str) for s in structures)
+            or len(structures) > 255):
         raise ValueError(f"{source}: 'structures' must be a list of 1..255 names, got {structures!r}")
     shape = info["shape"]
-    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"{source}: 'shape' must be three positive integers, got {shape!r}")
     if not isinstance(info["intensity"], dict) or "method" not in info["intensity"]:
         raise ValueError(f"{source}: 'intensity' must be a dict with a 'method', got {info['intensity']!r}")
     cases = info["cases"]
-    if not all(isinstance(c, str) for c in cases) or len(set(cases)) != len(cases):
+    if not isinstance(cases, list) or not all(isinstance(c, str) for c in cases) or len(set(cases)) != len(cases):
         raise ValueError(f"{source}: 'cases' must be a list of distinct strings")
+    for case in cases:
+        check_case_id(case, source)
 
 
 def open_dataset_info(

@@ -18,11 +18,13 @@ Every reader returns ``(cases, skipped)``: ``RawCase`` records for the cases it 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from diffatlas.data.caseids import case_id_problem
+from diffatlas.data.io import read_json_object
 
 MMWHS_CODES = {205: "Myo", 500: "LV", 420: "LA", 550: "RA", 600: "RV"}
 MMWHS_DROPPED = (820, 850)
@@ -105,6 +107,10 @@ def totalsegmentator_cases(raw_dir: str | Path, structures: Sequence[str] = HEAR
     if not subjects:
         raise FileNotFoundError(f"no subject folders with ct.nii.gz under {root}")
     for subject in subjects:
+        problem = case_id_problem(subject.name)
+        if problem:
+            skipped.append((subject.name, f"folder name {problem}; it cannot be a case id"))
+            continue
         seg = subject / "segmentations"
         files = {k + 1: seg / f"{TOTALSEG_FILES[name]}.nii.gz" for k, name in enumerate(structures)}
         missing = [path.name for path in files.values() if not path.is_file()]
@@ -118,25 +124,51 @@ def totalsegmentator_cases(raw_dir: str | Path, structures: Sequence[str] = HEAR
     return cases, skipped
 
 
-def nnunet_labels(raw_dir: str | Path) -> dict[str, int]:
-    """The structures of an nnU-Net raw dataset, ``{name: value}`` without background, by value."""
+def _nnunet_json(raw_dir: str | Path) -> tuple[Path, dict]:
     path = Path(raw_dir) / "dataset.json"
     if not path.is_file():
         raise FileNotFoundError(f"no dataset.json in {raw_dir} (an nnU-Net raw folder has imagesTr, labelsTr and "
                                 "dataset.json)")
-    try:
-        labels = json.loads(path.read_text())["labels"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{path}: cannot read its 'labels' ({err})") from err
-    if all(str(k).isdigit() for k in labels):
+    return path, read_json_object(path)
+
+
+def _label_value(path: Path, name: str, value: object) -> int:
+    if isinstance(value, bool) or isinstance(value, (list, tuple)):
+        raise ValueError(f"{path}: label {name!r} has value {value!r}; region-based labels are not supported")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"{path}: label {name!r} has value {value!r}; label values must be integers")
+
+
+def nnunet_labels(raw_dir: str | Path) -> dict[str, int]:
+    """The structures of an nnU-Net raw dataset, ``{name: value}`` without background, by value.
+
+    ``labels`` maps names to integer values (v2; values written as digit strings are accepted) or values to
+    names (v1)."""
+    path, info = _nnunet_json(raw_dir)
+    labels = info.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path}: 'labels' must be an object such as {{\"background\": 0, \"LV\": 1}}, "
+                         f"got {labels!r}")
+    if all(str(k).strip().isdigit() for k in labels):
         pairs = {str(name): int(value) for value, name in labels.items()}
     else:
-        pairs = {}
-        for name, value in labels.items():
-            if not isinstance(value, int):
-                raise ValueError(f"{path}: label {name!r} has value {value!r}; region-based labels are not supported")
-            pairs[name] = value
+        pairs = {str(name): _label_value(path, str(name), value) for name, value in labels.items()}
+    if len(set(pairs.values())) != len(pairs):
+        raise ValueError(f"{path}: two labels share one value in {labels!r}")
     return {name: value for name, value in sorted(pairs.items(), key=lambda kv: kv[1]) if value != 0}
+
+
+def nnunet_file_ending(raw_dir: str | Path) -> str:
+    """The ``file_ending`` of an nnU-Net raw folder's ``dataset.json`` (default ``.nii.gz``), checked to be a
+    plain image suffix."""
+    path, info = _nnunet_json(raw_dir)
+    ending = info.get("file_ending", ".nii.gz")
+    if ending not in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        raise ValueError(f"{path}: 'file_ending' must be one of .nii.gz, .nii, .nrrd, .mha; got {ending!r}")
+    return ending
 
 
 def nnunet_cases(raw_dir: str | Path, structures: Sequence[str] | None = None, channel: int = 0) -> Found:
@@ -148,7 +180,7 @@ def nnunet_cases(raw_dir: str | Path, structures: Sequence[str] | None = None, c
     if unknown:
         raise ValueError(f"structures {unknown} are not labels of {root / 'dataset.json'} ({list(labels)})")
     values = {labels[name]: k + 1 for k, name in enumerate(chosen)}
-    ending = json.loads((root / "dataset.json").read_text()).get("file_ending", ".nii.gz")
+    ending = nnunet_file_ending(root)
     suffix = f"_{channel:04d}{ending}"
     images = sorted((root / "imagesTr").glob(f"*{suffix}"))
     if not images:
@@ -157,6 +189,10 @@ def nnunet_cases(raw_dir: str | Path, structures: Sequence[str] | None = None, c
     skipped: list[tuple[str, str]] = []
     for image in images:
         case = image.name[: -len(suffix)]
+        problem = case_id_problem(case)
+        if problem:
+            skipped.append((case, f"file name {image.name}: the case id {problem}"))
+            continue
         label = root / "labelsTr" / f"{case}{ending}"
         if not label.is_file():
             skipped.append((case, f"no label labelsTr/{label.name}"))

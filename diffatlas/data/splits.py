@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from diffatlas.data.caseids import check_case_ids
 from diffatlas.data.datasets import PreparedData
 from diffatlas.data.io import read_json_object
 
@@ -83,11 +84,13 @@ def _validate(split: dict[str, Any], source: str) -> dict[str, Any]:
     overlap = split.get(OVERLAP_KEY, False)
     if not isinstance(overlap, bool):
         raise ValueError(f"{source}: {OVERLAP_KEY!r} must be true or false, got {overlap!r}")
-    split = {**split, "val": list(split.get("val", []))}
+    val = split.get("val", [])
+    split = {**split, "val": list(val) if isinstance(val, list) else val}
     seen: dict[str, str] = {}
     for part in PARTS:
         if not isinstance(split[part], list) or not all(isinstance(c, str) for c in split[part]):
             raise ValueError(f"{source}: {part!r} must be a list of case ids")
+        check_case_ids(split[part], f"{source} ({part!r})")
         if len(set(split[part])) != len(split[part]):
             raise ValueError(f"{source}: {part!r} lists a case more than once")
         for case in split[part]:
