@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+from nibabel.filebasedimages import ImageFileError
 import numpy as np
 import SimpleITK as sitk
 
@@ -87,11 +89,18 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"volume file not found: {path}")
     if suffix in NIFTI_SUFFIXES:
-        image = nib.load(str(path))
-        array = np.asanyarray(image.dataobj)
+        try:
+            image = nib.load(str(path))
+            array = np.asanyarray(image.dataobj)
+        except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as err:
+            raise ValueError(f"cannot read {path}: {' '.join(str(err).split()) or type(err).__name__} "
+                             "(truncated or not a NIfTI file?)") from err
         affine = nifti_affine(image.header, path)
     else:
-        image = sitk.ReadImage(str(path))
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as err:
+            raise ValueError(f"cannot read {path}: {' '.join(str(err).split())}") from err
         if image.GetNumberOfComponentsPerPixel() != 1:
             components = image.GetNumberOfComponentsPerPixel()
             raise ValueError(f"{path}: expected a scalar volume, got {components} components per voxel")

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +32,8 @@ import SimpleITK as sitk
 from tqdm.auto import tqdm
 
 from diffatlas.data import geometry, sources
-from diffatlas.data.datasets import open_dataset_info, save_dataset_info, write_case
+from diffatlas.data.caseids import case_id_problem, path_inside
+from diffatlas.data.datasets import case_file, open_dataset_info, save_dataset_info, write_case
 from diffatlas.data.geometry import CropSpec, Grid
 from diffatlas.data.intensity import check_modality, intensity_spec, normalize_intensity
 from diffatlas.data.io import read_json_object, read_volume
@@ -43,6 +46,8 @@ REPORT_JSON = "preparation_report.json"
 REPORT_MD = "preparation_report.md"
 NATIVE_DIR = "native"
 MAX_LOGGED_NOTES = 5   # the rest are in the report
+NONFINITE = ("skip", "replace")
+STAGING_PREFIX = ".staging-"
 
 
 class SkipCase(Exception):
@@ -62,6 +67,8 @@ class Settings:
             "percentiles": [lo, hi]}`` (``intensity.intensity_spec``).
         require_all_structures: skip cases in which a structure has no voxels.
         antialias: smooth scans before downsampling.
+        nonfinite: what to do with a scan holding NaN or infinite voxels: ``skip`` the case (default) or
+            ``replace`` them with the scan's lowest finite value (noted in the report).
     """
 
     modality: str
@@ -71,6 +78,11 @@ class Settings:
     intensity: dict[str, Any] = field(default_factory=lambda: {"method": "ct_window", "window": [-250.0, 800.0]})
     require_all_structures: bool = True
     antialias: bool = True
+    nonfinite: str = "skip"
+
+    def __post_init__(self) -> None:
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         if self.intensity["method"] == "ct_window":
@@ -78,9 +90,32 @@ class Settings:
         return normalize_intensity(image, "mr", mr_percentiles=tuple(self.intensity["percentiles"]))
 
 
-def _read(path: Path, pixel_type: int, what: str, notes: list[str]) -> sitk.Image:
+def _read_whole_nifti(path: Path, what: str) -> tuple[nib.Nifti1Header, np.ndarray]:
+    """Read every voxel of a NIfTI file with nibabel (which, unlike ITK, fails on a truncated file) and return its
+    header and the ``(i, j, k)`` mask of non-finite voxels (which ITK reads as 0); SkipCase names the problem."""
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, OSError, ...)
+        raise SkipCase(f"cannot read the {what} {path.name}: {_one_line(err)} (truncated or not a NIfTI file?)") \
+            from err
+    nonfinite = ~np.isfinite(array) if array.dtype.kind in "fc" else np.zeros(array.shape, dtype=bool)
+    while nonfinite.ndim > 3 and nonfinite.shape[-1] == 1:
+        nonfinite = nonfinite[..., 0]
+    return image.header, nonfinite
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _read(path: Path, pixel_type: int, what: str, notes: list[str]) -> tuple[sitk.Image, np.ndarray | None]:
+    """The file as a 3D SimpleITK image, and the ``(i, j, k)`` mask of its NaN or infinite voxels (None when the
+    reader keeps them in the image)."""
+    nonfinite = None
     if path.name.endswith((".nii", ".nii.gz")):
-        header = nib.load(str(path)).header
+        header, nonfinite = _read_whole_nifti(path, what)
         sform = np.linalg.norm(header.get_sform()[:3, :3], axis=0)
         zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
         if header["sform_code"] > 0 and not np.allclose(sform, zooms, rtol=1e-3):
@@ -94,11 +129,38 @@ def _read(path: Path, pixel_type: int, what: str, notes: list[str]) -> sitk.Imag
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
         raise SkipCase(f"the {what} {path.name} is {image.GetDimension()}D, expected 3D")
+    if min(image.GetSize()) < 2:
+        raise SkipCase(f"the {what} {path.name} is 2D (size {list(image.GetSize())}), expected a 3D volume")
+    return image, nonfinite
+
+
+def _read_scan(path: Path, settings: Settings, notes: list[str]) -> sitk.Image:
+    """The scan as float32; a scan with NaN or infinite voxels is skipped (or, with ``settings.nonfinite ==
+    "replace"``, they become its lowest finite value), and so is a constant scan."""
+    image, nonfinite_ijk = _read(path, sitk.sitkFloat32, "image", notes)
+    array = sitk.GetArrayFromImage(image)
+    bad_mask = ~np.isfinite(array)
+    if nonfinite_ijk is not None and nonfinite_ijk.shape[::-1] == array.shape:
+        bad_mask |= nonfinite_ijk.transpose(2, 1, 0)
+    bad = int(np.count_nonzero(bad_mask))
+    if bad:
+        if settings.nonfinite == "skip" or bad == array.size:
+            raise SkipCase(f"the image {path.name} has {bad} NaN or infinite voxels (nonfinite=replace "
+                           "replaces them with the lowest finite value)")
+        fill = float(array[~bad_mask].min())
+        array = np.where(bad_mask, fill, array).astype(np.float32)
+        notes.append(f"{path.name}: {bad} NaN or infinite voxels replaced by {fill:g}")
+        fixed = sitk.GetImageFromArray(array)
+        fixed.CopyInformation(image)
+        image = fixed
+    low, high = float(array.min()), float(array.max())
+    if low == high:
+        raise SkipCase(f"the image {path.name} is constant (every voxel {low:g})")
     return image
 
 
 def _label_on_image_grid(image: sitk.Image, path: Path, notes: list[str]) -> sitk.Image:
-    label = _read(path, sitk.sitkInt32, "label", notes)
+    label, _ = _read(path, sitk.sitkInt32, "label", notes)
     noise, real = geometry.header_differences(image, label)
     if real:
         raise SkipCase(f"label header differs from the image's: {', '.join(real + noise)}")
@@ -147,7 +209,7 @@ def _volumes_ml(label: np.ndarray, structures: Sequence[str], spacing: Sequence[
 def prepare_case(raw: RawCase, out_dir: Path, settings: Settings) -> dict[str, Any]:
     """Prepare one case (see the module docstring); returns its report entry. Raises SkipCase."""
     notes: list[str] = []
-    image = _read(raw.image, sitk.sitkFloat32, "image", notes)
+    image = _read_scan(raw.image, settings, notes)
     if not raw.has_label:
         raise SkipCase("no label")
     label = read_label(raw, image, notes)
@@ -171,12 +233,12 @@ def prepare_case(raw: RawCase, out_dir: Path, settings: Settings) -> dict[str, A
     scan = settings.normalize(geometry.resample_image(oriented, grid, default=fill, antialias=settings.antialias))
     prepared_label = geometry.resample_labels(oriented_label, grid, len(structures))
     write_case(out_dir, raw.case, scan, prepared_label, grid.affine())
-    native_dir = out_dir / NATIVE_DIR
-    native_dir.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(sitk.Cast(label_image, sitk.sitkUInt8), str(native_dir / f"{raw.case}_label.nii.gz"), True)
+    native_label_file = case_file(out_dir, NATIVE_DIR, raw.case, "_label.nii.gz")
+    native_label_file.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.Cast(label_image, sitk.sitkUInt8), str(native_label_file), True)
     native = {"case": raw.case, "source_image": str(raw.image), "native_grid": native_grid.to_dict(),
-              "prepared_grid": grid.to_dict(), "label": f"{NATIVE_DIR}/{raw.case}_label.nii.gz"}
-    (native_dir / f"{raw.case}.json").write_text(json.dumps(native, indent=1) + "\n")
+              "prepared_grid": grid.to_dict(), "label": f"{NATIVE_DIR}/{native_label_file.name}"}
+    case_file(out_dir, NATIVE_DIR, raw.case, ".json").write_text(json.dumps(native, indent=1) + "\n")
     lost = [name for name, ml in _volumes_ml(prepared_label, structures, grid.spacing).items()
             if ml == 0.0 and native_volumes[name] > 0]
     if lost:
@@ -195,8 +257,8 @@ def prepare_case(raw: RawCase, out_dir: Path, settings: Settings) -> dict[str, A
 
 def native_info(root: str | Path, case: str) -> dict[str, Any] | None:
     """The stored native-space record of a prepared case, or None (phantoms, the official layout)."""
-    path = Path(root) / NATIVE_DIR / f"{case}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = case_file(root, NATIVE_DIR, case, ".json")
+    return read_json_object(path) if path.is_file() else None
 
 
 def map_to_native(label: np.ndarray, info: dict[str, Any], num_structures: int) -> sitk.Image:
@@ -208,7 +270,7 @@ def map_to_native(label: np.ndarray, info: dict[str, Any], num_structures: int) 
 
 def native_label(root: str | Path, info: dict[str, Any]) -> sitk.Image:
     """The reference label (values 1..K) of a prepared case on its native scan grid."""
-    path = Path(root) / info["label"]
+    path = path_inside(root, Path(root) / str(info["label"]), "native label")
     if not path.is_file():
         raise FileNotFoundError(f"native label {path} is missing; prepare the dataset again")
     label = sitk.ReadImage(str(path), sitk.sitkUInt8)
@@ -217,12 +279,31 @@ def native_label(root: str | Path, info: dict[str, Any]) -> sitk.Image:
     return label
 
 
+def _case_files(root: Path, case: str) -> list[Path]:
+    """Every file ``prepare_case`` writes for ``case`` under ``root``."""
+    return [case_file(root, "images", case), case_file(root, "labels", case),
+            case_file(root, NATIVE_DIR, case, "_label.nii.gz"), case_file(root, NATIVE_DIR, case, ".json")]
+
+
+def _prepare_one(raw: RawCase, stage: Path, settings: Settings) -> dict[str, Any]:
+    """``prepare_case`` into the staging folder; any failure of this one case becomes a SkipCase naming it."""
+    try:
+        return prepare_case(raw, stage, settings)
+    except SkipCase:
+        raise
+    except Exception as err:  # one unreadable or odd case must not stop the others; the report names it
+        log.debug("case %s failed", raw.case, exc_info=True)
+        raise SkipCase(f"failed: {_one_line(err)}") from err
+
+
 def prepare_dataset(cases: Sequence[RawCase], skipped: Sequence[tuple[str, str]], out_dir: str | Path, *,
                     name: str, settings: Settings, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prepare ``cases`` into ``out_dir``; returns the preparation report (also written beside the data).
 
-    ``skipped`` are cases the layout reader already turned down; they are listed in the report too.
-    ``out_dir`` may already hold a dataset with the same settings: cases are added or rewritten.
+    ``skipped`` are cases the layout reader already turned down; they are listed in the report too. Each case is
+    written to a staging folder inside ``out_dir`` first and moved into place only once every case is done, so an
+    interrupted run leaves the folder as it was. ``out_dir`` may already hold a dataset with the same settings:
+    cases are added or rewritten, and a case it listed that is skipped this time is removed from it.
     """
     out = Path(out_dir)
     check_modality(settings.modality)
@@ -231,41 +312,63 @@ def prepare_dataset(cases: Sequence[RawCase], skipped: Sequence[tuple[str, str]]
                              shape=settings.shape, intensity=settings.intensity)
     kept: list[dict[str, Any]] = []
     skips = [{"case": case, "reason": reason} for case, reason in skipped]
-    for raw in tqdm(cases, desc=f"prepare {name}", disable=None):
-        try:
-            kept.append(prepare_case(raw, out, settings))
-        except SkipCase as err:
-            skips.append({"case": raw.case, "reason": str(err)})
-            log.warning("skipped %s: %s", raw.case, err)
+    stage = out / f"{STAGING_PREFIX}{os.getpid()}"
+    try:
+        for raw in tqdm(cases, desc=f"prepare {name}", disable=None):
+            try:
+                kept.append(_prepare_one(raw, stage, settings))
+            except SkipCase as err:
+                skips.append({"case": raw.case, "reason": str(err)})
+                log.warning("skipped %s: %s", raw.case, err)
+        info["crop"] = {"mode": settings.crop.mode, "margin_mm": settings.crop.margin_mm,
+                        "cube": settings.crop.cube,
+                        "size_mm": list(settings.crop.size_mm) if settings.crop.size_mm else None}
+        report = {"dataset": name, "out_dir": str(out), "settings": info["crop"] | {"shape": list(settings.shape)},
+                  "source": source or {}, "kept": kept, "skipped": skips}
+        if kept:
+            _commit(stage, out, info, kept, skips, source)
+        write_report(out, report)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     notes = [f"{entry['case']}: {note}" for entry in kept for note in entry["notes"]]
     for note in notes[:MAX_LOGGED_NOTES]:
         log.warning(note)
     if len(notes) > MAX_LOGGED_NOTES:
         log.warning("... and %d more notes, all listed in %s", len(notes) - MAX_LOGGED_NOTES, out / REPORT_MD)
-    info["cases"] = sorted(set(info["cases"]) | {entry["case"] for entry in kept})
-    info["crop"] = {"mode": settings.crop.mode, "margin_mm": settings.crop.margin_mm, "cube": settings.crop.cube,
-                    "size_mm": list(settings.crop.size_mm) if settings.crop.size_mm else None}
-    info["orientation"] = geometry.ORIENTATION
-    info["native"] = True
-    if source:
-        info["source"] = source
-    if kept:
-        save_dataset_info(out, info)
-    report = {"dataset": name, "out_dir": str(out), "settings": info["crop"] | {"shape": list(settings.shape)},
-              "source": source or {}, "kept": kept, "skipped": skips}
-    write_report(out, report)
     log.info("prepared %d cases of %s into %s (%d skipped); report: %s", len(kept), name, out, len(skips),
              out / REPORT_MD)
     if not kept:
         reasons = "; ".join(f"{s['case']}: {s['reason']}" for s in skips[:5])
-        raise ValueError(f"no case of {name} could be prepared ({reasons})")
+        raise ValueError(f"no case of {name} could be prepared (report: {out / REPORT_MD}; {reasons})")
     return report
+
+
+def _commit(stage: Path, out: Path, info: dict[str, Any], kept: list[dict[str, Any]],
+            skips: list[dict[str, str]], source: dict[str, Any] | None) -> None:
+    """Move the staged cases into ``out``, drop the files of listed cases skipped this time, and rewrite
+    ``dataset.json`` from what is there now."""
+    dropped = sorted({s["case"] for s in skips} & set(info["cases"]))
+    for case in dropped:
+        for path in _case_files(out, case):
+            path.unlink(missing_ok=True)
+    if dropped:
+        log.warning("removed from %s (skipped this time): %s", out / "dataset.json", ", ".join(dropped))
+    for entry in kept:
+        for staged, final in zip(_case_files(stage, entry["case"]), _case_files(out, entry["case"])):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+    info["cases"] = sorted((set(info["cases"]) - set(dropped)) | {entry["case"] for entry in kept})
+    info["orientation"] = geometry.ORIENTATION
+    info["native"] = True
+    if source:
+        info["source"] = source
+    save_dataset_info(out, info)
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     """``preparation_report.json`` and a readable ``preparation_report.md`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
+    _write_text(out_dir / REPORT_JSON, json.dumps(report, indent=1) + "\n")
     kept, skipped = report["kept"], report["skipped"]
     lines = [f"# Preparation of {report['dataset']}", "",
              f"{len(kept)} cases kept, {len(skipped)} skipped. Settings: {json.dumps(report['settings'])}", ""]
@@ -284,7 +387,13 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
     notes = [(e["case"], n) for e in kept for n in e["notes"]]
     if notes:
         lines += ["## Notes", ""] + [f"- {case}: {note}" for case, note in notes] + [""]
-    (out_dir / REPORT_MD).write_text("\n".join(lines))
+    _write_text(out_dir / REPORT_MD, "\n".join(lines))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 _OFFICIAL_PARTS = {"training_set_full": "train", "training_set": "train", "train": "train",
@@ -331,8 +440,19 @@ def prepare_official(raw_dir: str | Path, out_dir: str | Path, *, name: str, set
     shape: tuple[int, ...] | None = None
     scaled: list[str] = []
     for case, (image_file, label_file) in tqdm(sorted(found.items()), desc=f"read {name}", disable=None):
-        image, affine = read_volume(image_file)
-        label, _ = read_volume(label_file)
+        if case_id_problem(case):
+            skips.append({"case": case, "reason": f"{image_file.name}: the case id {case_id_problem(case)}"})
+            continue
+        try:
+            image, affine = read_volume(image_file)
+            label, _ = read_volume(label_file)
+        except Exception as err:  # a corrupt or truncated file skips its case; the report names it
+            skips.append({"case": case, "reason": f"cannot read {image_file.name} or {label_file.name}: "
+                                                  f"{_one_line(err)}"})
+            continue
+        if not np.all(np.isfinite(image)):
+            skips.append({"case": case, "reason": f"the image {image_file.name} has NaN or infinite voxels"})
+            continue
         if image.shape != label.shape:
             skips.append({"case": case, "reason": f"image {image.shape} and label {label.shape} differ in shape"})
             continue
@@ -402,7 +522,7 @@ def settings_from_config(cfg: dict[str, Any], structures: Sequence[str]) -> Sett
     crop = CropSpec.from_config(crop_cfg, _load_boxes(crop_cfg.get("box_file")))
     return Settings(modality=modality, structures=list(structures), shape=[int(s) for s in cfg["shape"]], crop=crop,
                     intensity=dict(intensity), require_all_structures=bool(source.get("require_all_structures", True)),
-                    antialias=bool(cfg.get("antialias", True)))
+                    antialias=bool(cfg.get("antialias", True)), nonfinite=str(cfg.get("nonfinite", "skip")))
 
 
 def prepare_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
