@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from nibabel.filebasedimages import ImageFileError
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -33,13 +35,31 @@ def quiet_other_ranks() -> None:
             sys.argv.append(f"{key}={value}")
 
 
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # FileNotFoundError, PermissionError, IsADirectoryError, a full disk ...
+    ValueError,  # bad settings and bad files
+    KeyError, RuntimeError, EOFError, ArithmeticError, pickle.UnpicklingError, ImageFileError, OmegaConfBaseException,
+)
+"""What a user can fix (files, folders, permissions, settings, data): reported in one line."""
+
+
+def one_line(err: BaseException) -> str:
+    """The whole message of ``err`` on one line (a KeyError without its quotes; the type when it has no text)."""
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
+    text = " ".join(str(text).split())
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return text or type(err).__name__
+
+
 def run_or_explain(func: Callable[[], Any]) -> Any:
-    """Run an entry point's work; turn the errors a user can fix (missing files, bad settings) into a one-line
-    message and exit status 1 instead of a traceback. Set ``DIFFATLAS_DEBUG=1`` to see the traceback."""
+    """Run an entry point's work; turn the errors a user can fix (missing or unreadable files, folders that cannot
+    be written, bad settings or data) into a one-line message (the whole message, with the path involved) and exit
+    status 1 instead of a traceback. Set ``DIFFATLAS_DEBUG=1`` to see the traceback."""
     try:
         return func()
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OmegaConfBaseException) as err:
+    except USER_ERRORS as err:
         if os.environ.get("DIFFATLAS_DEBUG"):
             raise
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(1) from None
