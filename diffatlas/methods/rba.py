@@ -27,7 +27,7 @@ import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Literal, Sequence, get_args
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 import SimpleITK as sitk
@@ -290,13 +290,17 @@ class RBA:
             raise RuntimeError("RBA has no atlases: call fit(data, train_cases) first")
         start = time.perf_counter()
         target = sitk_image(np.asarray(case.image, dtype=np.float32), case.affine)
-        affines = [self._affine(target, atlas, case.case) for atlas in self.atlases]
+        affines = [self._retried("affine", atlas, case.case, lambda robust, a=atlas: self._affine(target, a, case.case,
+                                                                                                  robust))
+                   for atlas in self.atlases]
         affine_nmi = [self._nmi(target, atlas, tx) for atlas, tx in zip(self.atlases, affines)]
         order = sorted(range(len(self.atlases)), key=lambda i: -affine_nmi[i])[: self.num_atlases]
         warped, nmi = [], []
         for i in order:
             atlas = self.atlases[i]
-            transform = self._deformable(target, atlas, affines[i], case.case)
+            transform = self._retried(self.deformable, atlas, case.case,
+                                      lambda robust, a=atlas, i=i: self._deformable(target, a, affines[i], case.case,
+                                                                                    robust))
             warped.append(to_array(self._resample(atlas.label, target, transform, sitk.sitkNearestNeighbor, 0.0)))
             nmi.append(self._nmi(target, atlas, transform))
         ranking = sorted(range(len(order)), key=lambda j: -nmi[j])
@@ -309,8 +313,27 @@ class RBA:
                     " ".join(f"{nmi[j]:.3f}" for j in ranking), seconds)
         return fused
 
-    def _registration(self, seed: int) -> sitk.ImageRegistrationMethod:
-        """A registration method with the configured metric, seeded sampling, pyramid and threads."""
+    @staticmethod
+    def _retried(stage: str, atlas: _Atlas, target_id: str,
+                 register: Callable[[bool], sitk.Transform]) -> sitk.Transform:
+        """``register(robust=False)``; when ITK throws (too few samples, an empty joint histogram...), once more with
+        the robust setting (every voxel sampled, a moments-centred start), saying so. A second failure is a
+        RuntimeError naming the case, the atlas and the whole ITK message."""
+        try:
+            return register(False)
+        except RuntimeError as err:
+            reason = " ".join(str(err).split())
+            logger.warning("RBA %s: %s registration of atlas %s failed (%s); retrying with every voxel sampled and "
+                           "a moments-centred start", target_id, stage, atlas.case, reason)
+        try:
+            return register(True)
+        except RuntimeError as err:
+            raise RuntimeError(f"RBA {target_id}: {stage} registration of atlas {atlas.case} failed, also with every "
+                               f"voxel sampled and a moments-centred start: {' '.join(str(err).split())}") from err
+
+    def _registration(self, seed: int, robust: bool = False) -> sitk.ImageRegistrationMethod:
+        """A registration method with the configured metric, seeded sampling, pyramid and threads (``robust``:
+        every voxel sampled)."""
         reg = sitk.ImageRegistrationMethod()
         if self.metric == "mattes_mi":
             reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=self.histogram_bins)
@@ -318,7 +341,7 @@ class RBA:
             reg.SetMetricAsMeanSquares()
         else:
             reg.SetMetricAsCorrelation()
-        if self.sampling_percentage < 1.0:
+        if self.sampling_percentage < 1.0 and not robust:
             reg.SetMetricSamplingStrategy(reg.RANDOM)
             reg.SetMetricSamplingPercentage(self.sampling_percentage, seed)
         else:
@@ -330,11 +353,12 @@ class RBA:
         reg.SetNumberOfThreads(self.num_threads)
         return reg
 
-    def _affine(self, target: sitk.Image, atlas: _Atlas, target_id: str) -> sitk.AffineTransform:
+    def _affine(self, target: sitk.Image, atlas: _Atlas, target_id: str, robust: bool = False) -> sitk.AffineTransform:
+        centring = (sitk.CenteredTransformInitializerFilter.MOMENTS if robust
+                    else sitk.CenteredTransformInitializerFilter.GEOMETRY)
         transform = sitk.AffineTransform(
-            sitk.CenteredTransformInitializer(target, atlas.image, sitk.AffineTransform(3),
-                                              sitk.CenteredTransformInitializerFilter.GEOMETRY))
-        reg = self._registration(_sitk_seed(self.seed, "affine", atlas.case, target_id))
+            sitk.CenteredTransformInitializer(target, atlas.image, sitk.AffineTransform(3), centring))
+        reg = self._registration(_sitk_seed(self.seed, "affine", atlas.case, target_id), robust)
         reg.SetOptimizerAsRegularStepGradientDescent(learningRate=self.affine_step_mm,
                                                      minStep=1e-3 * self.affine_step_mm,
                                                      numberOfIterations=self.affine_iterations,
@@ -347,23 +371,23 @@ class RBA:
         return transform
 
     def _deformable(self, target: sitk.Image, atlas: _Atlas, affine: sitk.AffineTransform,
-                    target_id: str) -> sitk.Transform:
+                    target_id: str, robust: bool = False) -> sitk.Transform:
         """The atlas-to-target transform (maps target points to atlas points): affine after a deformation."""
         if self.deformable == "none":
             return affine
         if self.deformable == "bspline":
-            deformation = self._bspline(target, atlas, affine, target_id)
+            deformation = self._bspline(target, atlas, affine, target_id, robust)
         else:
             deformation = self._demons(target, atlas, affine)
         # CompositeTransform applies its last transform first: x -> affine(deformation(x)).
         return sitk.CompositeTransform([affine, deformation])
 
     def _bspline(self, target: sitk.Image, atlas: _Atlas, affine: sitk.AffineTransform,
-                 target_id: str) -> sitk.BSplineTransform:
+                 target_id: str, robust: bool = False) -> sitk.BSplineTransform:
         extent_mm = np.asarray(target.GetSize()) * np.asarray(target.GetSpacing())
         mesh = [max(1, int(round(e / self.control_point_spacing_mm))) for e in extent_mm]
         bspline = sitk.BSplineTransformInitializer(target, mesh, order=3)
-        reg = self._registration(_sitk_seed(self.seed, "bspline", atlas.case, target_id))
+        reg = self._registration(_sitk_seed(self.seed, "bspline", atlas.case, target_id), robust)
         reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=self.bspline_iterations,
                                  maximumNumberOfCorrections=5,
                                  maximumNumberOfFunctionEvaluations=4 * self.bspline_iterations,
