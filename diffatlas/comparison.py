@@ -4,9 +4,10 @@ then segmenting and scoring the same test cases; DiffAtlas behind the baselines'
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from hydra.utils import instantiate
@@ -93,15 +94,38 @@ def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]
     for key, method in methods.items():
         log.info("%s: fitting on %d training cases of %s", key, len(train_cases), train_data.name)
         start = time.perf_counter()
-        method.fit(train_data, train_cases)
+        fit_failure = _attempt(lambda: method.fit(train_data, train_cases), f"{key}: fitting")
         fit_seconds = time.perf_counter() - start
         scores = ScoreSheet(data, test_cases, float(cfg["nsd_tolerance_mm"]), run_dir / key)
         for case_id in tqdm(test_cases, desc=key, disable=None):
             case = data.load_case(case_id)
             start = time.perf_counter()
-            label = np.asarray(method.segment(case), dtype=np.uint8)
-            scores.add(case, label, time.perf_counter() - start)
+            if fit_failure:
+                scores.add_failure(case, f"not fitted ({fit_failure})", 0.0)
+                continue
+            segmented: list[np.ndarray] = []
+            failure = _attempt(lambda: segmented.append(np.asarray(method.segment(case), dtype=np.uint8)),
+                               f"{key}: case {case_id}")
+            if failure:
+                scores.add_failure(case, failure, time.perf_counter() - start)
+            else:
+                scores.add(case, segmented[0], time.perf_counter() - start)
         settings = {"fit_seconds": fit_seconds, "train_cases": len(train_cases), "train_dataset": train_data.name}
         summaries.append(scores.finish(PAPER_ROWS.get(key, key), cfg["split"]["name"], settings))
     write_comparison(run_dir, summaries)
     return summaries
+
+
+def _attempt(step: Callable[[], Any], what: str) -> str | None:
+    """Run one method's step; return None, or the whole error message on one line when it fails (logged, so the
+    comparison goes on with the next case or method). ``DIFFATLAS_DEBUG=1`` lets the error through instead."""
+    try:
+        step()
+    except Exception as err:  # a method failing on a case is a result to report, whatever the error
+        if os.environ.get("DIFFATLAS_DEBUG"):
+            raise
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        log.warning("%s failed and is recorded as failed: %s", what, reason)
+        log.debug("%s failed", what, exc_info=True)
+        return reason
+    return None

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from diffatlas.data.datasets import CaseData, PreparedData
+from diffatlas.data.caseids import check_not_input
+from diffatlas.data.datasets import CaseData, PreparedData, case_file, image_path, label_path
 from diffatlas.data.geometry import to_array
 from diffatlas.data.io import write_volume
 from diffatlas.data.prepare import map_to_native, native_info, native_label
@@ -41,14 +42,36 @@ class ScoreSheet:
         self.results: list[CaseResult] = []
         self.native_results: list[CaseResult] = []
 
+    def prediction_path(self, case: CaseData, suffix: str = ".nii.gz", folder: Path | None = None) -> Path:
+        """Where a prediction of ``case`` goes (``predictions/<case><suffix>``): inside the run folder, and never
+        one of the files the case was read from."""
+        path = case_file(folder or self.pred_dir, ".", case.case, suffix)
+        info = self.natives.get(case.case) or {}
+        inputs = [image_path(self.data.root, case.case), label_path(self.data.root, case.case),
+                  info.get("source_image"), self.data.root / str(info["label"]) if info.get("label") else None]
+        return check_not_input(path, inputs)
+
     def add(self, case: CaseData, label: np.ndarray, seconds: float) -> None:
         """Write and score the prediction ``label`` ``(X, Y, Z)`` of ``case``."""
-        write_volume(self.pred_dir / f"{case.case}.nii.gz", label, case.affine)
+        write_volume(self.prediction_path(case), label, case.affine)
         metrics = evaluate_case(label, case.label, self.data.structures, case.spacing_mm, self.tolerance_mm)
         self.results.append(CaseResult(case.case, metrics, seconds))
         if self.score_native:
             self.native_results.append(_score_native(label, self.data, case.case, self.natives[case.case],
-                                                     self.tolerance_mm, self.run_dir / NATIVE_PREDICTIONS, seconds))
+                                                     self.tolerance_mm,
+                                                     self.prediction_path(case, folder=self.run_dir / NATIVE_PREDICTIONS),
+                                                     seconds))
+
+    def add_failure(self, case: CaseData, reason: str, seconds: float) -> None:
+        """Record that the method produced no segmentation of ``case``: scored as an empty prediction (nothing is
+        written to ``predictions/``), with ``reason`` in the reports."""
+        empty = np.zeros(case.label.shape, dtype=np.uint8)
+        metrics = evaluate_case(empty, case.label, self.data.structures, case.spacing_mm, self.tolerance_mm)
+        self.results.append(CaseResult(case.case, metrics, seconds, failed=reason))
+        if self.score_native:
+            native = _score_native(empty, self.data, case.case, self.natives[case.case], self.tolerance_mm, None,
+                                   seconds)
+            self.native_results.append(CaseResult(case.case, native.metrics, seconds, failed=reason))
 
     def finish(self, method: str, split_name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Summarise (with a ``native`` sub-summary when scored there), write the reports, return the summary."""
@@ -63,13 +86,14 @@ class ScoreSheet:
 
 
 def _score_native(label: np.ndarray, data: PreparedData, case: str, info: Mapping[str, Any], tolerance_mm: float,
-                  out_dir: Path, seconds: float) -> CaseResult:
-    """Map a prepared-grid prediction back onto the scan's own grid, write it there (the scan's geometry) and
-    score it against the native reference label with the native spacing."""
+                  out_path: Path | None, seconds: float) -> CaseResult:
+    """Map a prepared-grid prediction back onto the scan's own grid, write it to ``out_path`` (the scan's
+    geometry; None writes nothing) and score it against the native reference label with the native spacing."""
     pred = map_to_native(label, dict(info), data.num_structures)
     ref = native_label(data.root, dict(info))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(pred, str(out_dir / f"{case}.nii.gz"), True)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(pred, str(out_path), True)
     metrics = evaluate_case(to_array(pred), to_array(ref), data.structures, pred.GetSpacing(), tolerance_mm)
     return CaseResult(case, metrics, seconds)
 

@@ -47,7 +47,7 @@ def make_summary(results: list[CaseResult], method: str = "DiffAtlas") -> dict:
 def test_summary_schema(results: list[CaseResult]) -> None:
     summary = make_summary(results)
     assert set(summary) == {
-        "method", "dataset", "split", "space", "num_cases", "structures", "per_structure", "mean",
+        "method", "dataset", "split", "space", "num_cases", "failed_cases", "structures", "per_structure", "mean",
         "nsd_tolerance_mm", "sampler", "seconds_per_case",
     }
     assert summary["space"] == "prepared grid"
@@ -115,7 +115,8 @@ def test_write_reports(results: list[CaseResult], tmp_path: Path) -> None:
     with paths["per_case"].open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(results) * len(STRUCTURES)
-    assert rows[0] == {"case": "a", "structure": "Myo", "space": "grid", "dice": "0.9", "nsd": "0.6", "hd95": "2.0", "seconds": "10.0"}
+    assert rows[0] == {"case": "a", "structure": "Myo", "space": "grid", "dice": "0.9", "nsd": "0.6", "hd95": "2.0", "seconds": "10.0",
+                       "failed": ""}
     assert math.isnan(float(rows[-1]["dice"]))
     assert json.loads(paths["summary"].read_text()) == summary
     assert paths["table"].read_text() == format_table(summary)

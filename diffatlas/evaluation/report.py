@@ -39,11 +39,14 @@ class CaseResult:
         case: case identifier.
         metrics: ``{structure: {"dice", "nsd", "hd95"}}`` as returned by ``evaluate_case``.
         seconds: wall-clock seconds spent segmenting the case.
+        failed: why the method produced no segmentation of the case, or None. A failed case is scored as an
+            empty prediction (Dice and NSD 0 for every structure present), so it counts against the method.
     """
 
     case: str
     metrics: dict[str, dict[str, float]]
     seconds: float
+    failed: str | None = None
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -98,8 +101,9 @@ def summarize(
             ``"native"`` (predictions mapped back onto each scan's own grid and spacing).
 
     Returns:
-        ``{"method", "dataset", "split", "space", "num_cases", "structures", "per_structure", "mean",
-        "nsd_tolerance_mm", "sampler", "seconds_per_case"}``. ``per_structure[name]`` holds
+        ``{"method", "dataset", "split", "space", "num_cases", "failed_cases", "structures", "per_structure",
+        "mean", "nsd_tolerance_mm", "sampler", "seconds_per_case"}``; ``failed_cases`` maps each failed case
+        (counted in ``num_cases``, scored as an empty prediction) to its reason. ``per_structure[name]`` holds
         ``dice_mean``, ``dice_std``, ``nsd_mean``, ``nsd_std``, ``hd95_mean`` and ``hd95_undefined``
         (the number of cases where exactly one mask was empty). Dice and NSD are fractions in [0, 1],
         HD95 is in mm; ``mean`` is the mean over structures of the per-structure means. NaN is None.
@@ -151,6 +155,7 @@ def summarize(
         "split": split,
         "space": space,
         "num_cases": len(results),
+        "failed_cases": {result.case: result.failed for result in results if result.failed is not None},
         "structures": names,
         "per_structure": per_structure,
         "mean": mean,
@@ -190,6 +195,21 @@ def _caption(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _failures(summary: Mapping[str, Any]) -> str:
+    """`` (2 of 10 cases failed)`` when the method failed on some cases, else empty."""
+    failed = len(summary.get("failed_cases") or {})
+    return f" ({failed} of {summary['num_cases']} cases failed)" if failed else ""
+
+
+def _failure_lines(summary: Mapping[str, Any]) -> list[str]:
+    failed = summary.get("failed_cases") or {}
+    if not failed:
+        return []
+    lines = ["", f"{summary['method']}: {len(failed)} of {summary['num_cases']} cases failed and are scored as empty "
+                 "predictions:"]
+    return lines + [f"- {_cell(case)}: {_cell(reason)}" for case, reason in failed.items()]
+
+
 def format_table(summary: Mapping[str, Any]) -> str:
     """Markdown table of one run: rows are the structures and ``Average``, columns Dice and NSD.
 
@@ -200,7 +220,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     lines = [
         _caption(summary),
         "",
-        f"| {_cell(summary['method'])} | Dice (%) | NSD (%) |",
+        f"| {_cell(summary['method'] + _failures(summary))} | Dice (%) | NSD (%) |",
         "| --- | ---: | ---: |",
     ]
     for name in summary["structures"]:
@@ -210,6 +230,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
             f"| {_percent_with_std(scores['nsd_mean'], scores['nsd_std'])} |"
         )
     lines.append(f"| Average | {_percent(summary['mean']['dice'])} | {_percent(summary['mean']['nsd'])} |")
+    lines += _failure_lines(summary)
     text = "\n".join(lines) + "\n"
     if summary.get("native"):
         text += "\n" + format_table(summary["native"])
@@ -220,7 +241,8 @@ def format_comparison_table(summaries: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table comparing methods in the layout of the paper's Tables 1-3.
 
     Rows are methods; columns are each structure's Dice and NSD, then the average Dice and NSD, all
-    means in percent. All summaries must share structures, dataset, split, case count and tolerance.
+    means in percent. All summaries must share structures, dataset, split, case count and tolerance. A method
+    that failed on some cases says how many in its row, and the failures are listed below the table.
     """
     if not summaries:
         raise ValueError("summaries is empty: nothing to compare")
@@ -239,12 +261,14 @@ def format_comparison_table(summaries: Sequence[Mapping[str, Any]]) -> str:
         "| --- |" + " ---: |" * (len(header) - 1),
     ]
     for summary in summaries:
-        row = [_cell(summary["method"])]
+        row = [_cell(summary["method"] + _failures(summary))]
         for name in names:
             scores = summary["per_structure"][name]
             row += [_percent(scores["dice_mean"]), _percent(scores["nsd_mean"])]
         row += [_percent(summary["mean"]["dice"]), _percent(summary["mean"]["nsd"])]
         lines.append("| " + " | ".join(row) + " |")
+    for summary in summaries:
+        lines += _failure_lines(summary)
     return "\n".join(lines) + "\n"
 
 
@@ -268,14 +292,14 @@ def _per_case_csv(results: Sequence[CaseResult], structures: Sequence[str],
     """CSV text with one row per case, structure and space; NaN written as ``nan``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "structure", "space", *METRIC_NAMES, "seconds"])
+    writer.writerow(["case", "structure", "space", *METRIC_NAMES, "seconds", "failed"])
     for space, rows in (("grid", results), ("native", native or [])):
         for result in rows:
             for name in structures:
                 scores = result.metrics[name]
                 writer.writerow(
                     [result.case, name, space, *(repr(float(scores[metric])) for metric in METRIC_NAMES),
-                     repr(float(result.seconds))]
+                     repr(float(result.seconds)), result.failed or ""]
                 )
     return buffer.getvalue()
 
