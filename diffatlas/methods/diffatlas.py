@@ -108,8 +108,8 @@ class DiffAtlasSegmenter:
             raise ValueError(f"image_level={image_level} needs a network trained with decoupled noise levels "
                              "(model.image_time=true); this one was not")
         self.image_level = float(image_level)
-        self.network = denoiser.eval()
-        self.denoiser = ImageLevelDenoiser(denoiser, self.image_level).eval() if decoupled else self.network
+        denoiser = denoiser.eval()
+        self.denoiser = ImageLevelDenoiser(denoiser, self.image_level).eval() if decoupled else denoiser
         self.diffusion = diffusion
         self.layout = layout
         self.plan = plan
