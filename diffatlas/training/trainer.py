@@ -37,6 +37,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from diffatlas.training.distributed import World, current_world
+from diffatlas.training.runguard import RunLock, check_resume, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +102,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :class:`Trainer` (tensors and plain types only) onto the CPU, whichever
-    device it was saved from; ``load_state_dict`` then copies each tensor onto its module's or optimizer's
-    device."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first (see training_scripts/) or pass its path")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def random_flip(batch: torch.Tensor, axes: Sequence[int], prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -238,7 +229,9 @@ class Trainer:
         path = self.out_dir / LAST
         if not path.is_file():
             return False
-        self.load_state(load_checkpoint(path))
+        ckpt = load_checkpoint(path)
+        check_resume(path, ckpt, self.config, self.state()["settings"], self.model)
+        self.load_state(ckpt)
         if self.world.is_main:
             log.info("resumed from %s at step %d", path, self.step)
         return True
@@ -312,7 +305,12 @@ class Trainer:
         return loss
 
     def fit(self, stop_at: int | None = None, resume: bool = True) -> dict[str, float]:
-        """Train until ``settings.steps`` (or ``stop_at``, to interrupt on purpose); returns the last scalars."""
+        """Train until ``settings.steps`` (or ``stop_at``, to interrupt on purpose); returns the last scalars.
+        The run folder is locked meanwhile by the process that writes it (``runguard.RunLock``)."""
+        with RunLock(self.out_dir) if self.world.is_main else contextlib.nullcontext():
+            return self._fit(stop_at, resume)
+
+    def _fit(self, stop_at: int | None, resume: bool) -> dict[str, float]:
         if resume:
             self.resume_if_possible()
         end = min(self.s.steps, stop_at) if stop_at is not None else self.s.steps
@@ -355,7 +353,7 @@ class Trainer:
                 writer.close()
         if self.world.size > 1:
             dist.barrier()
-        if main:
+        if main and self.step > first_step:
             log.info("trained to step %d in %.1f s", self.step, time.perf_counter() - start_time)
         return scalars
 
