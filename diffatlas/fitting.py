@@ -55,8 +55,8 @@ def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[s
         "model": dict(cfg["model"]), "diffusion": dict(cfg["diffusion"]),
         "structures": list(data.structures), "sdf_clip": clip, "sdf_scale_vox": scale,
         "shape": list(data.shape), "dataset": data.name, "modality": data.modality,
-        "split": split_name, "augment": dict(cfg.get("augment") or {}), "run": dict(cfg),
-        "preparation": preparation_record(data),
+        "split": split_name, "train_cases": sorted(train_cases), "augment": dict(cfg.get("augment") or {}),
+        "run": dict(cfg), "preparation": preparation_record(data),
     }
     validate = None
     if settings.val_every and val_cases:

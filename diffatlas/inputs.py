@@ -4,6 +4,7 @@ prepared-data layout."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +17,8 @@ from diffatlas.data.sdf import default_sdf_scale
 from diffatlas.data.splits import check_split_against, load_split, save_split, split_from_recipe
 
 log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_data_and_split(dataset_cfg: Mapping[str, Any],
@@ -77,7 +80,29 @@ def prepare_phantoms(cfg: Mapping[str, Any]) -> dict[str, list[str]]:
     split = {"name": cfg.get("split_name", "full"), "dataset": out.name,
              "train": parts["train"], "val": parts["val"], "test": parts["test"]}
     if cfg.get("split_file"):
-        save_split(split, cfg["split_file"])
+        _save_phantom_split(split, Path(cfg["split_file"]), out)
     log.info("phantoms: %d training, %d test and %d validation cases in %s", len(parts["train"]),
              len(parts["test"]), len(parts["val"]), out)
     return split
+
+
+def _inside(folder: Path, path: Path) -> bool:
+    folder, path = Path(os.path.normpath(folder.absolute())), Path(os.path.normpath(path.absolute()))
+    return path == folder or folder in path.parents
+
+
+def _save_phantom_split(split: dict[str, Any], path: Path, out: Path) -> None:
+    """Write the phantoms' split file, except over one of the repository's own split files (``data/``) when the
+    phantoms went elsewhere (``DIFFATLAS_DATA`` or ``out_dir``): that file is left as it is when it lists the same
+    cases, and a ValueError says where to write it instead when it does not."""
+    if not (_inside(REPO_ROOT / "data", path) and not _inside(REPO_ROOT, out)):
+        save_split(split, path)
+        return
+    if path.is_file():
+        existing = load_split(path)
+        if all(existing.get(part, []) == split[part] for part in ("train", "val", "test")):
+            log.info("%s already lists these phantoms; left as it is", path)
+            return
+    beside = out / "splits" / path.name
+    raise ValueError(f"the phantoms in {out} would change the repository's split file {path}; write their split "
+                     f"beside them with split_file={beside} (and train with split.file={beside})")

@@ -52,6 +52,8 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     if not cases:
         raise ValueError(f"split {cfg['split']['file']} has no test cases")
     batch_size = int(cfg.get("batch_size", 4))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (cases sampled together), got {batch_size}")
     scores = ScoreSheet(data, cases, float(cfg["nsd_tolerance_mm"]), run_dir)
     for start in tqdm(range(0, len(cases), batch_size), desc="test", disable=None):
         chunk = [data.load_case(c) for c in cases[start:start + batch_size]]
@@ -62,7 +64,7 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
         for n, (case, label) in enumerate(zip(chunk, labels)):
             scores.add(case, label, seconds)
             if spread is not None:
-                write_volume(scores.pred_dir / f"{case.case}_uncertainty.nii.gz", spread[n], case.affine)
+                write_volume(scores.prediction_path(case, "_uncertainty.nii.gz"), spread[n], case.affine)
     sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.network_evaluations, "eta": seg.plan.eta,
                     "seed": seg.seed, "ensemble_size": seg.ensemble_size, "fusion": seg.fusion,
                     "uncertainty": seg.uncertainty if seg.ensemble_size > 1 else None,

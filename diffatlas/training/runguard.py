@@ -27,8 +27,10 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "run.lock"
-MUTABLE_CONFIG_KEYS = ("run",)
-"""Stored config entries a resumed run may change (``run``: the full command-line config, logged instead)."""
+MUTABLE_CONFIG_KEYS = ("run", "split", "augment")
+"""Stored config entries a resumed run may change: ``run`` (the whole command-line config), ``split`` (a name: a
+zero-shot comparison continues the checkpoint of a few-shot split under its own split's name; the training cases
+themselves are compared) and ``augment`` (the training augmentation). Changes of the last two are logged."""
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step", "generator", "settings", "config")
 
 
@@ -87,7 +89,10 @@ def check_resume(path: Path, ckpt: Mapping[str, Any], config: Mapping[str, Any],
     """
     fresh = f"use another checkpoint_dir, or resume=false to start again from step 0 in {path.parent}"
     stored = {k: v for k, v in dict(ckpt["config"]).items() if k not in MUTABLE_CONFIG_KEYS}
-    current = {k: v for k, v in dict(config).items() if k not in MUTABLE_CONFIG_KEYS}
+    unrecorded = sorted(k for k in config if k not in stored and k not in MUTABLE_CONFIG_KEYS)
+    if unrecorded:
+        log.info("%s does not record %s (an older checkpoint); not compared", path, ", ".join(unrecorded))
+    current = {k: v for k, v in dict(config).items() if k in stored}
     changed = differing_keys(stored, current)
     if changed:
         shown = ", ".join(f"{k} ({_get(stored, k)!r} there, {_get(current, k)!r} now)" for k in changed[:8])
@@ -102,6 +107,10 @@ def check_resume(path: Path, ckpt: Mapping[str, Any], config: Mapping[str, Any],
     for key in differing_keys(dict(ckpt["settings"]), dict(settings)):
         log.info("resuming with changed training setting %s: %r -> %r", key, _get(ckpt["settings"], key),
                  _get(settings, key))
+    logged = [k for k in MUTABLE_CONFIG_KEYS if k != "run"]
+    before = {k: v for k, v in dict(ckpt["config"]).items() if k in logged}
+    for key in differing_keys(before, {k: v for k, v in dict(config).items() if k in before}):
+        log.info("resuming with changed setting %s: %r -> %r", key, _get(before, key), _get(config, key))
     step, steps = int(ckpt["step"]), int(settings["steps"])
     if step > steps:
         log.warning("%s is at step %d, past training.steps=%d: nothing to train (raise training.steps to continue)",
