@@ -1,17 +1,22 @@
-"""Faults a user meets: case ids that leave their folders, corrupt and odd scans, one-line errors, a method that
-fails on one case of a comparison. Every fake folder and file is made here, on the fly, at 16^3 (or the small raw scans of
+"""Faults a user meets: case ids that leave their folders, corrupt scans, resumes with other settings, shared run
+folders, one-line errors. Every fake folder and file is made here, on the fly, at 16^3 (or the small raw scans of
 ``raw_fixtures``)."""
 
+import gzip
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from diffatlas.cli import one_line, run_or_explain
 from diffatlas.data import sources
@@ -21,6 +26,10 @@ from diffatlas.data.io import read_volume
 from diffatlas.data.phantom import write_phantom_dataset
 from diffatlas.data.prepare import REPORT_JSON, STAGING_PREFIX, Settings, prepare_dataset
 from diffatlas.data.splits import load_split
+from diffatlas.diffusion.gaussian import GaussianDiffusion
+from diffatlas.training.runguard import LOCK_NAME, RunLock, load_checkpoint
+from diffatlas.training.trainer import LAST, Trainer, TrainSettings, diffusion_objective
+from tests.conftest import tiny_unet
 from tests.raw_fixtures import write_nnunet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,6 +237,42 @@ def test_a_truncated_prepared_image_names_its_file(tmp_path, phantom_root):
         PreparedData(phantom_root).load_case("ct_0000")
 
 
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def _write_pickle_with_code(path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"model": Payload()}, path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", r"checkpoint .*bad.pt is empty \(0 bytes\); delete it and train again"),
+    ("truncated", r"checkpoint .*bad.pt is truncated or not a torch checkpoint"),
+    ("pickle", r"checkpoint .*bad.pt holds objects other than tensors and plain types, so it was not loaded"),
+    ("foreign", r"checkpoint .*bad.pt was not written by diffatlas \(missing model, ema, optimizer"),
+])
+def test_bad_checkpoints_are_explained(tmp_path, kind, message):
+    path = tmp_path / "bad.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        torch.save({"model": {"w": torch.zeros(100)}}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "pickle":
+        _write_pickle_with_code(path)
+    else:
+        torch.save({"config": 1}, path)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_checkpoint(path)
+    assert "weights_only" not in str(caught.value)
+
+
+# --- one-line errors ------------------------------------------------------------------------------------------
+
+
 def _explained(func, capsys):
     with pytest.raises(SystemExit) as stop:
         run_or_explain(func)
@@ -275,6 +320,131 @@ def test_one_line_of_an_exception_without_text():
     assert one_line(EOFError()) == "EOFError"
 
 
+# --- resume and run folders -----------------------------------------------------------------------------------
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(3, 16, 16, 16, generator=g) * 2 - 1 for _ in range(4)]
+
+
+def _trainer(out_dir, steps=4, config=None, net=None, **kw):
+    settings = TrainSettings(**({"steps": steps, "batch_size": 2, "lr": 1e-3, "ema_decay": 0.9,
+                                 "checkpoint_every": 2, "seed": 5} | kw))
+    diffusion = GaussianDiffusion(num_timesteps=10, prediction="x0", loss="l1")
+    config = config if config is not None else {"model": {"base_channels": 8}, "diffusion": {"mask_weight": 1.0},
+                                                "sdf_scale_vox": 40.0, "run": {"training": {"steps": steps}}}
+    return Trainer(net or tiny_unet(3), diffusion_objective(diffusion), _data(), out_dir, settings, config=config)
+
+
+def test_resume_with_other_network_diffusion_or_sdf_settings_is_refused(tmp_path, one_thread):
+    _trainer(tmp_path, steps=2).fit()
+    changed = {"model": {"base_channels": 8}, "sdf_scale_vox": 20.0, "diffusion": {"mask_weight": 5.0},
+               "run": {"training": {"steps": 4}}}
+    with pytest.raises(ValueError) as caught:
+        _trainer(tmp_path, steps=4, config=changed).fit()
+    assert str(caught.value) == (
+        f"cannot resume {tmp_path / LAST}: it was trained with other settings: diffusion.mask_weight (1.0 "
+        "there, 5.0 now), sdf_scale_vox (40.0 there, 20.0 now); use another checkpoint_dir, or resume=false to "
+        f"start again from step 0 in {tmp_path}")
+    assert load_checkpoint(tmp_path / LAST)["config"]["sdf_scale_vox"] == 40.0
+
+
+def test_resume_with_another_network_shape_is_one_line(tmp_path, one_thread):
+    _trainer(tmp_path, steps=2).fit()
+    torch.manual_seed(0)
+    from diffatlas.nets.unet import UNet
+    wider = UNet(spatial_dims=3, in_channels=3, out_channels=3, base_channels=16, channel_mults=(1, 2),
+                 attention_levels=(1,), attention_heads=2, norm_groups=4, time_conditioned=True)
+    with pytest.raises(ValueError, match=r"cannot resume .*: its network differs from this run's \(\d+ parameters, "
+                                         r"e\.g\. .*\); use another checkpoint_dir"):
+        _trainer(tmp_path, steps=4, net=wider).fit()
+
+
+def test_changed_optimisation_settings_are_logged_and_a_finished_checkpoint_says_so(tmp_path, caplog, one_thread):
+    _trainer(tmp_path, steps=4).fit()
+    with caplog.at_level(logging.INFO, logger="diffatlas.training"):
+        _trainer(tmp_path, steps=6, lr=5e-4, checkpoint_every=3).fit()
+    text = caplog.text
+    assert "resuming with changed training setting lr: 0.001 -> 0.0005" in text
+    assert "resuming with changed training setting steps: 4 -> 6" in text
+    assert "resuming with changed training setting checkpoint_every: 2 -> 3" in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffatlas.training"):
+        done = _trainer(tmp_path, steps=3)
+        done.fit()
+    assert f"{tmp_path / LAST} is at step 6, past training.steps=3: nothing to train" in caplog.text
+    assert "trained to step" not in caplog.text and done.step == 6
+
+
+def _finished_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_second_run_into_a_locked_folder_stops(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename,
+                                                      "started": "2026-01-01T00:00:00"}) + "\n")
+        with pytest.raises(RuntimeError) as caught:
+            _trainer(tmp_path, steps=2).fit()
+        assert str(caught.value) == (f"{tmp_path} is being written by another run (pid {other.pid}, started "
+                                     "2026-01-01T00:00:00); wait for it to end or use another folder")
+        assert not (tmp_path / LAST).exists() and not (tmp_path / "tb").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_released(tmp_path, caplog):
+    pid = _finished_pid()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": os.uname().nodename}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="diffatlas.training"):
+        with RunLock(tmp_path) as lock:
+            assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert f"taking over the stale lock {tmp_path / LOCK_NAME} (pid {pid} is no longer running)" in caplog.text
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+KILLED_RUN = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_faults import _trainer
+torch.set_num_threads(1)
+_trainer({out!r}, steps=400, checkpoint_every=2).fit()
+"""
+
+
+def test_kill_9_and_resume_gives_the_uninterrupted_weights(tmp_path, one_thread):
+    out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN.format(root=str(ROOT), out=str(out))])
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / LAST).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(out / LAST)["step"]
+    assert 2 <= killed_at < 400 and (out / LOCK_NAME).is_file()
+    end = killed_at + 4
+    resumed = _trainer(out, steps=end, checkpoint_every=2)
+    resumed.fit()
+    full = _trainer(tmp_path / "full", steps=end, checkpoint_every=2)
+    full.fit()
+    assert resumed.step == full.step == end and not (out / LOCK_NAME).exists()
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    for key, value in full.ema.state_dict().items():
+        assert torch.equal(value, resumed.ema.state_dict()[key]), key
+
+
+# --- runs through the pipeline and the entry points ------------------------------------------------------------
+
+
 def _run(module, *args):
     env = {k: v for k, v in os.environ.items() if k != "DIFFATLAS_DEBUG"} | {"PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -313,6 +483,21 @@ def test_a_prediction_is_not_written_over_the_scan(tmp_path, phantom_root):
     assert image_path(phantom_root, "ct_0000").read_bytes() == before
 
 
+def test_phantoms_prepared_elsewhere_leave_the_repository_split_alone(tmp_path):
+    from diffatlas.inputs import prepare_phantoms
+    tracked = ROOT / "data" / "splits" / "phantom_ct" / "full.json"
+    before, mtime = tracked.read_bytes(), tracked.stat().st_mtime_ns
+    phantom = {"modality": "ct", "num_train": 40, "num_test": 10, "num_val": 2, "shape": [16, 16, 16],
+               "fov_mm": 100.0, "seed": 0}
+    prepare_phantoms({"out_dir": str(tmp_path / "phantom_ct"), "split_file": str(tracked), "phantom": phantom})
+    assert tracked.read_bytes() == before and tracked.stat().st_mtime_ns == mtime
+    fewer = phantom | {"num_train": 3}
+    with pytest.raises(ValueError, match=r"would change the repository's split file .*full.json; write their split "
+                                         r"beside them with split_file=.*phantom_ct/splits/full.json"):
+        prepare_phantoms({"out_dir": str(tmp_path / "phantom_ct"), "split_file": str(tracked), "phantom": fewer})
+    assert tracked.read_bytes() == before and tracked.stat().st_mtime_ns == mtime
+
+
 def test_a_method_failing_on_one_case_is_recorded_and_the_comparison_goes_on(tmp_path):
     from diffatlas.data.io import write_volume
     data, split = tmp_path / "phantom_ct", tmp_path / "split.json"
@@ -346,3 +531,21 @@ def test_a_method_failing_on_one_case_is_recorded_and_the_comparison_goes_on(tmp
     assert (run_dir / "rba" / "predictions" / "ct_0002.nii.gz").is_file()
     assert summary["per_structure"]["Myo"]["dice_mean"] < 0.5 + 1e-9
 
+
+def test_train_resumed_with_another_network_names_the_setting(tmp_path, phantom_root):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"name": "s", "dataset": "phantom_ct", "train": ["ct_0000", "ct_0001"], "test": []}))
+    tiny = ["model.base_channels=8", "model.channel_mults=[1,2]", "model.attention_levels=[1]",
+            "model.attention_heads=2", "model.norm_groups=4"]
+    common = [f"dataset.root={phantom_root}", f"split.file={split}", f"checkpoint_dir={tmp_path}/model",
+              "training.batch_size=2", "device=cpu", "training.val_every=0", f"hydra.run.dir={tmp_path}/t"]
+    first = _run("diffatlas.train", *common, *tiny, "training.steps=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _run("diffatlas.train", *common, *tiny[1:], "model.base_channels=16", "dataset.sdf_scale_vox=20",
+                 "training.steps=4")
+    assert again.returncode == 1
+    assert again.stderr == (
+        f"error: cannot resume {tmp_path}/model/checkpoint_last.pt: it was trained with other settings: "
+        "model.base_channels (8 there, 16 now), sdf_scale_vox (40.0 there, 20.0 now); use another checkpoint_dir, "
+        f"or resume=false to start again from step 0 in {tmp_path}/model\n")
+    assert not (tmp_path / "model" / LOCK_NAME).exists()
