@@ -57,10 +57,9 @@ class ScoreSheet:
         metrics = evaluate_case(label, case.label, self.data.structures, case.spacing_mm, self.tolerance_mm)
         self.results.append(CaseResult(case.case, metrics, seconds))
         if self.score_native:
+            native_path = self.prediction_path(case, folder=self.run_dir / NATIVE_PREDICTIONS)
             self.native_results.append(_score_native(label, self.data, case.case, self.natives[case.case],
-                                                     self.tolerance_mm,
-                                                     self.prediction_path(case, folder=self.run_dir / NATIVE_PREDICTIONS),
-                                                     seconds))
+                                                     self.tolerance_mm, native_path, seconds))
 
     def add_failure(self, case: CaseData, reason: str, seconds: float) -> None:
         """Record that the method produced no segmentation of ``case``: scored as an empty prediction (nothing is
