@@ -52,7 +52,7 @@ def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[s
              len(dataset), data.name, data.modality, layout.num_structures, data.shape,
              f"{count_parameters(model):,}", device)
     stored = {
-        "model": dict(cfg["model"]), "diffusion": dict(cfg["diffusion"]),
+        "method": "DiffAtlas", "model": dict(cfg["model"]), "diffusion": dict(cfg["diffusion"]),
         "structures": list(data.structures), "sdf_clip": clip, "sdf_scale_vox": scale,
         "shape": list(data.shape), "dataset": data.name, "modality": data.modality,
         "split": split_name, "train_cases": sorted(train_cases), "augment": dict(cfg.get("augment") or {}),

@@ -33,13 +33,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from diffatlas.builders import load_segmenter
+from diffatlas.builders import build_plan, load_segmenter
 from diffatlas.data import geometry
 from diffatlas.data.geometry import CropSpec, Grid
 from diffatlas.data.intensity import normalize_intensity
 from diffatlas.data.io import NIFTI_SUFFIXES, SITK_SUFFIXES, read_json_object
 from diffatlas.device import resolve_device
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
+from diffatlas.methods.icf import ICF
+from diffatlas.methods.icmd import ICMD
 from diffatlas.options import parse_option
 from diffatlas.postprocess import Postprocessing, largest_component
 from diffatlas.training.trainer import load_checkpoint
@@ -211,6 +213,55 @@ class DiffAtlasGridModel:
                 "seed": s.seed, "ensemble_size": s.ensemble_size, "fusion": s.fusion}
 
 
+class BaselineGridModel:
+    """A fitted ICF or ICMD behind ``GridModel``: one sample per case, no uncertainty map."""
+
+    def __init__(self, method: ICF | ICMD, structures: Sequence[str], shape: Sequence[int]):
+        self.method = method
+        self.structures = tuple(structures)
+        self.shape = tuple(int(s) for s in shape)
+
+    def segment_grid(self, image: np.ndarray, case_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.method.segment_grid(np.asarray(image, dtype=np.float32), case_id), None
+
+    def describe(self) -> dict[str, Any]:
+        if isinstance(self.method, ICMD):
+            m = self.method
+            return {"method": "ICMD", "mode": m.mode.value, "plan": m.plan.name,
+                    "network_evaluations": m.network_evaluations, "seed": m.seed}
+        return {"method": self.method.name}
+
+
+ONE_SAMPLE = {"ensemble_size": 1, "guidance_scale": 0.0, "bf16": False, "image_level": 1.0, "coarse_dir": None}
+"""Settings only DiffAtlas sampling has, at the values that leave them off; ICF and ICMD accept nothing else."""
+
+
+def load_grid_model(path: str | Path, sampler_cfg: Mapping[str, Any],
+                    device: torch.device) -> tuple[GridModel, dict[str, Any]]:
+    """The model of a checkpoint written by ``python -m diffatlas.train`` or by ``compare`` (DiffAtlas, ICF or
+    ICMD: the stored ``method``; a checkpoint without one is DiffAtlas's), and its stored config. ICMD samples
+    with the plan and seed of ``sampler_cfg``; ICF, a feedforward network, ignores them."""
+    stored = load_checkpoint(path)["config"]
+    method = stored.get("method", "DiffAtlas")
+    if method == "DiffAtlas":
+        if "structures" not in stored or "model" not in stored:
+            raise ValueError(f"{path}: this checkpoint lacks structures or model, which the segmenter needs (a "
+                             "checkpoint of python -m diffatlas.train or compare holds them)")
+        return DiffAtlasGridModel.from_checkpoint(path, sampler_cfg, device)
+    if method not in (ICF.name, ICMD.name):
+        raise ValueError(f"{path}: a {method} checkpoint; the segmenter takes DiffAtlas, ICF and ICMD checkpoints")
+    for key, off in ONE_SAMPLE.items():
+        if sampler_cfg.get(key, off) != off:
+            raise ValueError(f"{key}={sampler_cfg[key]} needs a DiffAtlas checkpoint; {path} is an {method} "
+                             "checkpoint (one sample per case)")
+    if method == ICF.name:
+        baseline: ICF | ICMD = ICF.from_checkpoint(path, str(device))
+    else:
+        baseline = ICMD.from_checkpoint(path, str(device), seed=int(sampler_cfg.get("seed", 0)))
+        baseline.use_plan(build_plan(sampler_cfg, baseline.diffusion.num_timesteps))
+    return BaselineGridModel(baseline, stored["structures"], stored["shape"]), stored
+
+
 def checkpoint_preparation(stored: Mapping[str, Any]) -> dict[str, Any]:
     """The preparation record of a checkpoint's training data (``inputs.preparation_record``). Checkpoints
     written before it was stored fall back to the training data's ``dataset.json`` when it is still there,
@@ -232,7 +283,7 @@ class Segmenter:
     """Segments whole scans with a trained model (see the module docstring).
 
     Args:
-        model: the trained model on its grid (``DiffAtlasGridModel``).
+        model: the trained model on its grid (``DiffAtlasGridModel``, ``BaselineGridModel``).
         preparation: how the training data was made (``modality``, ``intensity``, ``crop``).
         roi: ``auto``, ``box``, ``whole`` or ``label``.
         roi_passes: coarse passes of ``roi=auto`` (>= 1).
@@ -262,20 +313,17 @@ class Segmenter:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", *, sampler: Mapping[str, Any] | None = None,
                         roi: str = "auto", roi_passes: int = 2,
                         postprocess: Postprocessing | Mapping[str, Any] | None = None) -> "Segmenter":
-        """A segmenter around a DiffAtlas checkpoint's EMA weights.
+        """A segmenter around a checkpoint's EMA weights: DiffAtlas, ICF or ICMD (``load_grid_model``).
 
         Args:
-            path: a ``checkpoint_*.pt`` written by ``python -m diffatlas.train``.
+            path: a ``checkpoint_*.pt`` written by ``python -m diffatlas.train``, or an ICF or ICMD checkpoint
+                written by ``python -m diffatlas.compare`` (in ``Model/<run>/icf/``, ``Model/<run>/icmd/``).
             device: ``auto``, ``cpu`` or ``cuda``.
             sampler: a sampler config (``configs/sampler/``); default ``DEFAULT_SAMPLER``.
             roi, roi_passes, postprocess: see the class.
         """
-        torch_device = resolve_device(device)
-        stored = load_checkpoint(path)["config"]
-        if "structures" not in stored or "model" not in stored:
-            raise ValueError(f"{path} is not a DiffAtlas checkpoint (written by python -m diffatlas.train)")
         sampler_cfg = dict(DEFAULT_SAMPLER if sampler is None else sampler)
-        model, stored = DiffAtlasGridModel.from_checkpoint(path, sampler_cfg, torch_device)
+        model, stored = load_grid_model(path, sampler_cfg, resolve_device(device))
         return cls(model, checkpoint_preparation(stored), roi=roi, roi_passes=roi_passes, postprocess=postprocess)
 
     @property

@@ -57,6 +57,21 @@ def test_the_checkpoint_records_how_its_data_was_made(checkpoint):
     assert seg.size_mm == (FOV_MM, FOV_MM, FOV_MM)
 
 
+def test_a_checkpoint_without_a_method_name_is_a_diffatlas_checkpoint(checkpoint, scans, tmp_path):
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert ckpt["config"]["method"] == "DiffAtlas"
+    del ckpt["config"]["method"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = Segmenter.from_checkpoint(tmp_path / "old.pt", "cpu", sampler=FAST, roi="whole")
+    assert old.model.describe()["method"] == "DiffAtlas"
+    new = Segmenter.from_checkpoint(checkpoint, "cpu", sampler=FAST, roi="whole")
+    np.testing.assert_array_equal(old.segment_file(scans[0]).labels, new.segment_file(scans[0]).labels)
+    del ckpt["config"]["model"]
+    torch.save(ckpt, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="lacks structures or model, which the segmenter needs"):
+        Segmenter.from_checkpoint(tmp_path / "broken.pt", "cpu")
+
+
 def test_segment_file_keeps_the_scan_geometry_and_is_repeatable(checkpoint, scans, tmp_path):
     from diffatlas import Segmenter as Exported
 

@@ -8,11 +8,16 @@ case's own grid, ``(X, Y, Z)``, 0 background and ``1..K`` the dataset's structur
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from diffatlas.data.datasets import CaseData, PreparedData
+from diffatlas.inputs import preparation_record
+
+SEGMENTER_RECORD = ("structures", "shape", "modality", "preparation")
+"""What a trained method's checkpoint stores so that ``Segmenter.from_checkpoint`` can segment new scans with it."""
 
 
 @runtime_checkable
@@ -41,3 +46,20 @@ def check_train_cases(data: PreparedData, train_cases: Sequence[str]) -> tuple[s
     if unknown:
         raise ValueError(f"training cases {unknown} are not in dataset {data.name!r} ({data.root})")
     return cases
+
+
+def segmenter_record(data: PreparedData) -> dict[str, Any]:
+    """The ``SEGMENTER_RECORD`` of a method trained on ``data``: its structures, grid shape, modality and how its
+    cases were made from scans (``inputs.preparation_record``: intensity scaling, voxel axes, crop)."""
+    return {"structures": list(data.structures), "shape": list(data.shape), "modality": data.modality,
+            "preparation": preparation_record(data)}
+
+
+def check_segmenter_record(stored: Mapping[str, Any], path: str | Path, method: str,
+                           extra: Sequence[str] = ()) -> None:
+    """Raise a one-line ``ValueError`` when a ``method`` checkpoint's stored config lacks part of the
+    ``SEGMENTER_RECORD`` or the ``extra`` keys the method needs to rebuild its network."""
+    missing = [key for key in (*SEGMENTER_RECORD, *extra) if key not in stored]
+    if missing:
+        raise ValueError(f"{path}: this {method} checkpoint lacks {', '.join(missing)}, which the segmenter needs; "
+                         f"fit {method} again (python -m diffatlas.compare) to write a checkpoint that has them")

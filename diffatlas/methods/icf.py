@@ -3,7 +3,8 @@
 The network is the project's ``UNet`` without time input: one image channel in, ``K + 1`` logits out
 (background and the K structures). It is trained with the project ``Trainer`` (same optimiser, EMA,
 flips and seeding as DiffAtlas) on cross-entropy plus soft Dice, and segments with the EMA weights by a
-voxelwise argmax.
+voxelwise argmax. Its checkpoints record the network and the training data's preparation, so
+``ICF.from_checkpoint`` (and ``Segmenter.from_checkpoint``) rebuild it to segment new scans.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from torch.utils.data import Dataset
 
 from diffatlas.data.datasets import CaseData, PreparedData
 from diffatlas.device import resolve_device
-from diffatlas.methods.base import check_train_cases
+from diffatlas.methods.base import check_segmenter_record, check_train_cases, segmenter_record
 from diffatlas.nets.unet import UNet
 from diffatlas.training.augment import make_augment
-from diffatlas.training.trainer import Objective, Trainer, TrainSettings
+from diffatlas.training.trainer import Objective, Trainer, TrainSettings, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -133,19 +134,37 @@ class ICF:
                           segmentation_objective(self.ce_weight, self.dice_weight),
                           ImageLabelDataset(data, cases), self.out_dir, self.settings,
                           config={"method": "ICF", "dataset": data.name, "train_cases": list(cases),
-                                  "augment": self.augment is not None},
+                                  "augment": self.augment is not None, "network": dict(self.network),
+                                  **segmenter_record(data)},
                           device=self.device, augment=self.augment)
         scalars = trainer.fit()
         logger.info("ICF trained on %d cases of %s: %s", len(cases), data.name, scalars)
         self.model = trainer.ema.eval()
 
-    @torch.no_grad()
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "ICF":
+        """The fitted ICF of a checkpoint written by ``fit`` (its EMA weights), ready to segment."""
+        ckpt = load_checkpoint(path)
+        stored = ckpt["config"]
+        check_segmenter_record(stored, path, cls.name, extra=("network",))
+        icf = cls(out_dir=Path(path).parent, network=stored["network"], device=device)
+        model = icf.build_network(len(stored["structures"]))
+        model.load_state_dict(ckpt["ema"])
+        icf.model = model.to(icf.device).eval()
+        return icf
+
     def segment(self, case: CaseData) -> np.ndarray:
         """Label map ``(X, Y, Z)`` uint8: the argmax of the EMA network's logits."""
+        return self.segment_grid(case.image, case.case)
+
+    @torch.no_grad()
+    def segment_grid(self, image: np.ndarray, case_id: str = "") -> np.ndarray:
+        """Label map ``(X, Y, Z)`` uint8 of an image ``(X, Y, Z)`` in [-1, 1] on the training grid (``case_id``
+        is unused: the network draws nothing)."""
         if self.model is None:
             raise RuntimeError("ICF has no trained network: call fit(data, train_cases) first")
-        if case.image.ndim != 3:
-            raise ValueError(f"expected a 3D (X, Y, Z) image, got shape {case.image.shape}")
-        image = torch.from_numpy(np.clip(case.image, -1.0, 1.0).astype(np.float32))[None, None].to(self.device)
+        if image.ndim != 3:
+            raise ValueError(f"expected a 3D (X, Y, Z) image, got shape {image.shape}")
+        image = torch.from_numpy(np.clip(image, -1.0, 1.0).astype(np.float32))[None, None].to(self.device)
         logits = self.model(image)
         return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()

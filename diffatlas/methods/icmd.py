@@ -39,13 +39,13 @@ from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import decode_sdf_torch, default_sdf_scale
 from diffatlas.device import resolve_device
 from diffatlas.diffusion.gaussian import GaussianDiffusion, LossType, Prediction
-from diffatlas.methods.base import check_train_cases
+from diffatlas.methods.base import check_segmenter_record, check_train_cases, segmenter_record
 from diffatlas.methods.diffatlas import case_seed
 from diffatlas.nets.unet import UNet
 from diffatlas.sampling.loop import StepState, make_generators, randn_like_per_sample, reverse_process, run_to_end
 from diffatlas.sampling.plans import TimestepPlan, make_plan
 from diffatlas.training.augment import make_augment
-from diffatlas.training.trainer import Objective, Trainer, TrainSettings
+from diffatlas.training.trainer import Objective, Trainer, TrainSettings, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -316,10 +316,11 @@ class ICMD:
         if self.mode is Mode.VE_SDE and self.diffusion.prediction != Prediction.EPS.value:
             raise ValueError(f"mode 've_sde' trains a noise predictor: diffusion.prediction must be 'eps', "
                              f"got {self.diffusion.prediction!r}")
-        self.plan = make_plan(plan, self.diffusion.num_timesteps, num_steps=num_steps, eta=eta)
-        if self.mode is not Mode.DDPM and not _moves_down(self.plan):
-            raise ValueError(f"mode {self.mode.value!r} needs a plan that only moves down ('ddpm' or 'ddim'), "
-                             f"got {plan!r}")
+        self.diffusion_config = dict(diffusion or {})
+        self.use_plan(make_plan(plan, self.diffusion.num_timesteps, num_steps=num_steps, eta=eta))
+        self.sampling_config = {"plan": plan, "num_steps": int(num_steps), "eta": float(eta), "snr": float(snr),
+                                "corrector_steps": int(corrector_steps), "sigma_min": float(sigma_min),
+                                "sigma_max": float(sigma_max), "seed": int(seed)}
         if float(sdf_clip) <= 0:
             raise ValueError(f"sdf_clip must be positive, got {sdf_clip}")
         if sdf_scale_vox is not None and float(sdf_scale_vox) <= 0:
@@ -340,6 +341,36 @@ class ICMD:
         self.device = resolve_device(device)
         self.layout: ChannelLayout | None = None
         self.model: nn.Module | None = None
+
+    def use_plan(self, plan: TimestepPlan) -> None:
+        """Sample with ``plan`` from now on: one that starts from pure noise at ``T - 1`` and, in the SDE modes,
+        only moves down."""
+        plan.check_range(self.diffusion.num_timesteps)
+        if plan.start_t < self.diffusion.num_timesteps - 1:
+            raise ValueError(f"ICMD samples from pure noise at t={self.diffusion.num_timesteps - 1}; the plan "
+                             f"{plan.name} starts at t={plan.start_t} (refining a coarse mask needs DiffAtlas)")
+        if self.mode is not Mode.DDPM and not _moves_down(plan):
+            raise ValueError(f"mode {self.mode.value!r} needs a plan that only moves down ('ddpm' or 'ddim'), "
+                             f"got {plan.name}")
+        self.plan = plan
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", **overrides: Any) -> "ICMD":
+        """The fitted ICMD of a checkpoint written by ``fit`` (its EMA weights), ready to segment; ``overrides``
+        replace its stored sampling settings (``plan``, ``num_steps``, ``eta``, ``snr``, ``corrector_steps``,
+        ``seed``)."""
+        ckpt = load_checkpoint(path)
+        stored = ckpt["config"]
+        check_segmenter_record(stored, path, cls.name,
+                               extra=("mode", "network", "diffusion", "sampling", "sdf_clip", "sdf_scale_vox"))
+        icmd = cls(out_dir=Path(path).parent, mode=stored["mode"], network=stored["network"],
+                   diffusion=stored["diffusion"], sdf_clip=stored["sdf_clip"], sdf_scale_vox=stored["sdf_scale_vox"],
+                   device=device, **{**stored["sampling"], **overrides})
+        icmd.layout = ChannelLayout(len(stored["structures"]))
+        model = icmd.build_network(icmd.layout.num_structures)
+        model.load_state_dict(ckpt["ema"])
+        icmd.model = model.to(icmd.device).eval()
+        return icmd
 
     @property
     def network_evaluations(self) -> int:
@@ -370,7 +401,9 @@ class ICMD:
                           dataset, self.out_dir,
                           self.settings, config={"method": "ICMD", "mode": self.mode.value, "dataset": data.name,
                                                  "train_cases": list(cases), "sdf_clip": self.sdf_clip,
-                                                 "sdf_scale_vox": self.sdf_scale_vox},
+                                                 "sdf_scale_vox": self.sdf_scale_vox, "network": dict(self.network),
+                                                 "diffusion": dict(self.diffusion_config),
+                                                 "sampling": dict(self.sampling_config), **segmenter_record(data)},
                           device=self.device, augment=self.augment)
         scalars = trainer.fit()
         logger.info("ICMD (%s) trained on %d cases of %s: %s", self.mode.value, len(cases), data.name, scalars)
@@ -406,10 +439,15 @@ class ICMD:
         """One sample per case: ``images`` ``(B, 1, *spatial)`` -> SDFs ``(B, K, *spatial)``."""
         return run_to_end(self.sample_states(images, case_ids))[:, self.layout.masks]
 
-    @torch.no_grad()
     def segment(self, case: CaseData) -> np.ndarray:
         """Label map ``(X, Y, Z)`` uint8 of the sampled SDFs (most negative SDF wins, background if none)."""
-        if case.image.ndim != 3:
-            raise ValueError(f"expected a 3D (X, Y, Z) image, got shape {case.image.shape}")
-        image = torch.from_numpy(np.clip(case.image, -1.0, 1.0).astype(np.float32))[None, None].to(self.device)
-        return decode_sdf_torch(self.sample_sdf(image, [case.case]))[0].to(torch.uint8).cpu().numpy()
+        return self.segment_grid(case.image, case.case)
+
+    @torch.no_grad()
+    def segment_grid(self, image: np.ndarray, case_id: str) -> np.ndarray:
+        """Label map ``(X, Y, Z)`` uint8 of an image ``(X, Y, Z)`` in [-1, 1] on the training grid; ``case_id``
+        seeds the sampling noise."""
+        if image.ndim != 3:
+            raise ValueError(f"expected a 3D (X, Y, Z) image, got shape {image.shape}")
+        image = torch.from_numpy(np.clip(image, -1.0, 1.0).astype(np.float32))[None, None].to(self.device)
+        return decode_sdf_torch(self.sample_sdf(image, [case_id]))[0].to(torch.uint8).cpu().numpy()
