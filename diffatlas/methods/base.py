@@ -63,3 +63,13 @@ def check_segmenter_record(stored: Mapping[str, Any], path: str | Path, method: 
     if missing:
         raise ValueError(f"{path}: this {method} checkpoint lacks {', '.join(missing)}, which the segmenter needs; "
                          f"fit {method} again (python -m diffatlas.compare) to write a checkpoint that has them")
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every mapping turned into a dict and every non-string sequence into a list, recursively: what a
+    checkpoint's config may hold (``torch.load(weights_only=True)`` refuses e.g. OmegaConf containers)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from diffatlas.data.datasets import CaseData, PreparedData
 from diffatlas.device import resolve_device
-from diffatlas.methods.base import check_segmenter_record, check_train_cases, segmenter_record
+from diffatlas.methods.base import check_segmenter_record, check_train_cases, plain, segmenter_record
 from diffatlas.nets.unet import UNet
 from diffatlas.training.augment import make_augment
 from diffatlas.training.trainer import Objective, Trainer, TrainSettings, load_checkpoint
@@ -134,7 +134,7 @@ class ICF:
                           segmentation_objective(self.ce_weight, self.dice_weight),
                           ImageLabelDataset(data, cases), self.out_dir, self.settings,
                           config={"method": "ICF", "dataset": data.name, "train_cases": list(cases),
-                                  "augment": self.augment is not None, "network": dict(self.network),
+                                  "augment": self.augment is not None, "network": plain(self.network),
                                   **segmenter_record(data)},
                           device=self.device, augment=self.augment)
         scalars = trainer.fit()

@@ -39,7 +39,7 @@ from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import decode_sdf_torch, default_sdf_scale
 from diffatlas.device import resolve_device
 from diffatlas.diffusion.gaussian import GaussianDiffusion, LossType, Prediction
-from diffatlas.methods.base import check_segmenter_record, check_train_cases, segmenter_record
+from diffatlas.methods.base import check_segmenter_record, check_train_cases, plain, segmenter_record
 from diffatlas.methods.diffatlas import case_seed
 from diffatlas.nets.unet import UNet
 from diffatlas.sampling.loop import StepState, make_generators, randn_like_per_sample, reverse_process, run_to_end
@@ -401,8 +401,8 @@ class ICMD:
                           dataset, self.out_dir,
                           self.settings, config={"method": "ICMD", "mode": self.mode.value, "dataset": data.name,
                                                  "train_cases": list(cases), "sdf_clip": self.sdf_clip,
-                                                 "sdf_scale_vox": self.sdf_scale_vox, "network": dict(self.network),
-                                                 "diffusion": dict(self.diffusion_config),
+                                                 "sdf_scale_vox": self.sdf_scale_vox, "network": plain(self.network),
+                                                 "diffusion": plain(self.diffusion_config),
                                                  "sampling": dict(self.sampling_config), **segmenter_record(data)},
                           device=self.device, augment=self.augment)
         scalars = trainer.fit()
