@@ -2,7 +2,9 @@
 
 Each training variant is a list of Hydra overrides of ``configs/train.yaml`` (augmentation, decoupled noise
 levels, learning rate, steps, ...), trained once per seed into ``Model/ablation/<dataset>_<split>/<variant>_s<seed>``
-(resumed when present). Each sampler variant is a set of sampler settings applied to every trained model.
+(resumed when present). Each sampler variant is a set of settings applied to every trained model: timestep plan
+keys (``configs/sampler/``) and per-case keys (``configs/inference/``: ensemble, fusion, guidance), told apart by
+``DiffAtlasSegmenter.CASE_KEYS``.
 Every (variant, seed, sampler) row is scored on the split's test cases (mean Dice and NSD over structures and
 cases, prepared grid), printed as a Markdown table, and appended to ``<out>/results.jsonl``.
 
@@ -30,6 +32,7 @@ from diffatlas.data.datasets import PreparedData
 from diffatlas.data.splits import load_split
 from diffatlas.evaluation.metrics import evaluate_case
 from diffatlas.methods.atlas import NearestAtlas
+from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -78,16 +81,18 @@ def train_config(args: argparse.Namespace, variant: str, seed: int):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def sampler_config(name: str) -> tuple[dict, str | None]:
+def sampler_config(name: str) -> tuple[dict, dict, str | None]:
+    """A sampler variant as (timestep plan config, per-case settings, coarse mask source or None)."""
     spec = dict(SAMPLE_VARIANTS[name])
     coarse = spec.pop("coarse", None)
-    base = {"plan": "ddim", "num_steps": 50, "eta": 0.0, "start_t": None, "seed": 0}
+    inference = {"seed": 0} | {k: spec.pop(k) for k in DiffAtlasSegmenter.CASE_KEYS if k in spec}
+    base = {"plan": "ddim", "num_steps": 50, "eta": 0.0, "start_t": None}
     if spec.get("plan") == "repaint":
-        base = {"plan": "repaint", "start_t": None, "seed": 0}
+        base = {"plan": "repaint", "start_t": None}
     if coarse:
         base.update(plan="ddpm")
     base.update(spec)
-    return base, coarse
+    return base, inference, coarse
 
 
 def score(labels: np.ndarray, cases, structures) -> tuple[float, float]:
@@ -134,10 +139,10 @@ def main() -> None:
             ckpt = fit_denoiser(cfg, data, list(split["train"]), [], args.split)
             train_s = time.perf_counter() - start
             for name in args.sample:
-                sampler, coarse = sampler_config(name)
+                sampler, inference, coarse = sampler_config(name)
                 if sampler.get("image_level", 1.0) < 1 and not cfg["model"].get("image_time"):
                     continue
-                seg, _ = load_segmenter(ckpt, sampler, torch.device("cpu"))
+                seg, _ = load_segmenter(ckpt, sampler, torch.device("cpu"), inference=inference)
                 start = time.perf_counter()
                 labels = []
                 for i in range(0, len(cases), 5):
@@ -147,7 +152,8 @@ def main() -> None:
                 row = {"dataset": data.name, "split": args.split, "variant": variant, "seed": seed, "sampler": name,
                        "dice": dice, "nsd": nsd, "train_s": train_s,
                        "sample_s_per_case": (time.perf_counter() - start) / len(cases),
-                       "overrides": TRAIN_VARIANTS[variant] + args.override, "sampler_cfg": sampler}
+                       "overrides": TRAIN_VARIANTS[variant] + args.override, "sampler_cfg": sampler,
+                       "inference_cfg": inference}
                 rows.append(row)
                 with open(out / "results.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")

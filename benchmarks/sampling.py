@@ -179,8 +179,8 @@ def main() -> None:
         data_root, split_file, checkpoint = args.data, args.split, args.checkpoint
 
     data, cases = _load_cases(data_root, split_file)
-    base, stored = load_segmenter(checkpoint, {"plan": "ddim", "num_steps": 10, "seed": args.seed},
-                                  torch.device("cpu"))
+    base, stored = load_segmenter(checkpoint, {"plan": "ddim", "num_steps": 10}, torch.device("cpu"),
+                                  inference={"seed": args.seed})
     if list(stored["shape"]) != list(data.shape) or list(stored["structures"]) != list(data.structures):
         raise ValueError(f"the checkpoint ({stored['shape']}, {stored['structures']}) does not match {data.root}")
     T = base.diffusion.num_timesteps

@@ -47,16 +47,38 @@ def denoiser_objective(diffusion: GaussianDiffusion, model_cfg: Mapping[str, Any
     return diffusion_objective(diffusion)
 
 
+def check_sampler_config(sampler_cfg: Mapping[str, Any]) -> None:
+    """Raise a one-line ``ValueError`` for a per-case setting in a sampler config: those moved to the
+    ``inference`` group (``DiffAtlasSegmenter.CASE_KEYS``), the sampler config holds the timestep plan."""
+    stray = [key for key in DiffAtlasSegmenter.CASE_KEYS if key in sampler_cfg]
+    if stray:
+        raise ValueError(f"sampler.{stray[0]} moved to inference.{stray[0]} (the sampler config holds the timestep "
+                         f"plan only; per-case settings are in configs/inference/)")
+
+
 def build_plan(sampler_cfg: Mapping[str, Any], num_timesteps: int) -> TimestepPlan:
-    """The timestep plan of a sampler config; the segmenter's own keys (seed, ensemble, guidance, coarse
-    masks: ``DiffAtlasSegmenter.SAMPLER_KEYS``) are left out."""
-    cfg = {k: v for k, v in dict(sampler_cfg).items() if k not in DiffAtlasSegmenter.SAMPLER_KEYS}
+    """The timestep plan of a sampler config; its segmenter options (``DiffAtlasSegmenter.SAMPLER_OPTIONS``:
+    image level, coarse masks) are left out."""
+    check_sampler_config(sampler_cfg)
+    cfg = {k: v for k, v in dict(sampler_cfg).items() if k not in DiffAtlasSegmenter.SAMPLER_OPTIONS}
     return make_plan(cfg.pop("plan"), num_timesteps, **cfg)
 
 
+def sampling_options(sampler_cfg: Mapping[str, Any], inference: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``DiffAtlasSegmenter`` keywords of a sampler config (image level, coarse masks) and of the per-case
+    settings ``inference`` (an ``inference`` config or a part of it: seed, ensemble, fusion, guidance, bf16);
+    unset (None) values are left to the segmenter's defaults."""
+    check_sampler_config(sampler_cfg)
+    inference = dict(inference or {})
+    options = {k: sampler_cfg[k] for k in DiffAtlasSegmenter.SAMPLER_OPTIONS if sampler_cfg.get(k) is not None}
+    return options | {k: inference[k] for k in DiffAtlasSegmenter.CASE_KEYS if inference.get(k) is not None}
+
+
 def load_segmenter(checkpoint: str | Path, sampler_cfg: Mapping[str, Any], device: torch.device,
-                   progress: bool = False) -> tuple[DiffAtlasSegmenter, dict[str, Any]]:
-    """Build the sampler around the checkpoint's EMA weights; returns it and the checkpoint's stored config."""
+                   progress: bool = False, inference: Mapping[str, Any] | None = None
+                   ) -> tuple[DiffAtlasSegmenter, dict[str, Any]]:
+    """Build the sampler around the checkpoint's EMA weights, with the timestep plan of ``sampler_cfg`` and the
+    per-case settings of ``inference`` (``sampling_options``); returns it and the checkpoint's stored config."""
     ckpt = load_checkpoint(checkpoint)
     stored = ckpt["config"]
     layout = ChannelLayout(len(stored["structures"]))
@@ -64,8 +86,8 @@ def load_segmenter(checkpoint: str | Path, sampler_cfg: Mapping[str, Any], devic
     model.load_state_dict(ckpt["ema"])
     diffusion = build_diffusion(stored["diffusion"], layout).to(device)
     plan = build_plan(sampler_cfg, diffusion.num_timesteps)
-    options = {k: sampler_cfg[k] for k in DiffAtlasSegmenter.SAMPLER_KEYS if sampler_cfg.get(k) is not None}
     seg = DiffAtlasSegmenter(model, diffusion, layout, plan, sdf_clip=stored["sdf_clip"],
-                             sdf_scale_vox=stored["sdf_scale_vox"], progress=progress, **options)
+                             sdf_scale_vox=stored["sdf_scale_vox"], progress=progress,
+                             **sampling_options(sampler_cfg, inference))
     log.info("loaded EMA weights from %s (step %d)", checkpoint, ckpt["step"])
     return seg, stored

@@ -17,6 +17,7 @@ from diffatlas.data.datasets import CaseData, PreparedData
 from diffatlas.device import resolve_device
 from diffatlas.fitting import fit_denoiser
 from diffatlas.inputs import load_data_and_split
+from diffatlas.postprocess import Postprocessing
 from diffatlas.scoring import ScoreSheet, write_comparison
 from diffatlas.segmenter import DiffAtlasGridModel
 
@@ -32,7 +33,8 @@ class DiffAtlasMethod:
     """DiffAtlas behind the baselines' ``fit`` / ``segment`` interface (``diffatlas.methods.base``): ``fit``
     trains the joint denoiser with ``cfg``'s model, diffusion and training settings into
     ``cfg["checkpoint_dir"]``, with the SDF settings of ``dataset_cfg`` (the training dataset's config);
-    ``segment`` samples with ``cfg["sampler"]`` and the EMA weights."""
+    ``segment`` samples with the EMA weights, the plan ``cfg["sampler"]`` and the per-case settings
+    ``cfg["inference"]`` (seed, ensemble, guidance, bf16)."""
 
     name = "DiffAtlas"
 
@@ -43,7 +45,8 @@ class DiffAtlasMethod:
 
     def fit(self, data: PreparedData, train_cases: list[str]) -> None:
         checkpoint = fit_denoiser(self.cfg, data, list(train_cases), [], self.cfg["split"]["name"])
-        self.segmenter, _ = DiffAtlasGridModel.from_checkpoint(checkpoint, self.cfg["sampler"], self.device)
+        self.segmenter, _ = DiffAtlasGridModel.from_checkpoint(checkpoint, self.cfg["sampler"], self.device,
+                                                               self.cfg.get("inference"))
 
     def segment(self, case: CaseData) -> np.ndarray:
         if self.segmenter is None:
@@ -69,8 +72,11 @@ def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]
     dataset with the same structures, e.g. CT training cases for MR test cases). Each method's predictions and
     reports go to ``<run_dir>/<method>/``; the combined table (the paper's layout, rows (a)-(d)) to
     ``<run_dir>/table.md`` and the summaries to ``<run_dir>/summary.json``. Returns the summaries, in
-    ``cfg["methods"]`` order.
+    ``cfg["methods"]`` order. Every method's labels get the same postprocessing, ``inference.postprocess``.
     """
+    inference = dict(cfg.get("inference") or {})
+    if inference.get("roi", "label") != "label":
+        raise ValueError(f"compare scores the prepared crops: inference.roi must be label, got {inference['roi']}")
     run_dir = Path(run_dir)
     data, split = load_data_and_split(cfg["dataset"], cfg["split"])
     train_data, train_split = data, split
@@ -89,6 +95,7 @@ def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]
     keys = list(cfg["methods"])
     if not keys or len(set(keys)) != len(keys):
         raise ValueError(f"methods must list distinct methods, got {keys}")
+    postprocess = Postprocessing.from_config(inference.get("postprocess"), data.structures)
     methods = {key: build_method(key, cfg) for key in keys}
     summaries = []
     for key, method in methods.items():
@@ -109,8 +116,11 @@ def compare(cfg: Mapping[str, Any], run_dir: str | Path) -> list[dict[str, Any]]
             if failure:
                 scores.add_failure(case, failure, time.perf_counter() - start)
             else:
-                scores.add(case, segmented[0], time.perf_counter() - start)
-        settings = {"fit_seconds": fit_seconds, "train_cases": len(train_cases), "train_dataset": train_data.name}
+                scores.add(case, postprocess(segmented[0]).astype(np.uint8), time.perf_counter() - start)
+        settings = {"fit_seconds": fit_seconds, "train_cases": len(train_cases), "train_dataset": train_data.name,
+                    "postprocess": postprocess.describe()}
+        if isinstance(method, DiffAtlasMethod) and method.segmenter is not None:
+            settings.update(method.segmenter.describe())
         summaries.append(scores.finish(PAPER_ROWS.get(key, key), cfg["split"]["name"], settings))
     write_comparison(run_dir, summaries)
     return summaries

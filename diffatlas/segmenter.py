@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from diffatlas.builders import build_plan, load_segmenter
+from diffatlas.builders import build_plan, load_segmenter, sampling_options
 from diffatlas.data import geometry
 from diffatlas.data.geometry import CropSpec, Grid
 from diffatlas.data.intensity import normalize_intensity
@@ -49,8 +49,8 @@ from diffatlas.training.trainer import load_checkpoint
 log = logging.getLogger(__name__)
 
 SCAN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
-DEFAULT_SAMPLER: dict[str, Any] = {"plan": "ddim", "num_steps": 25, "eta": 0.0, "start_t": None, "seed": 0}
-"""The sampler of ``Segmenter.from_checkpoint`` when none is given: DDIM-25, one sample, seed 0."""
+DEFAULT_SAMPLER: dict[str, Any] = {"plan": "ddim", "num_steps": 25, "eta": 0.0, "start_t": None}
+"""The timestep plan of ``Segmenter.from_checkpoint`` when none is given: DDIM-25."""
 
 
 class Roi(str, Enum):
@@ -183,10 +183,11 @@ class DiffAtlasGridModel:
     (a batch of prepared crops), ``compare`` (one prepared case) and ``segment`` (any scan)."""
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, sampler_cfg: Mapping[str, Any],
-                        device: torch.device) -> tuple["DiffAtlasGridModel", dict[str, Any]]:
-        """The model around a checkpoint's EMA weights, and the checkpoint's stored config."""
-        seg, stored = load_segmenter(path, sampler_cfg, device)
+    def from_checkpoint(cls, path: str | Path, sampler_cfg: Mapping[str, Any], device: torch.device,
+                        inference: Mapping[str, Any] | None = None) -> tuple["DiffAtlasGridModel", dict[str, Any]]:
+        """The model around a checkpoint's EMA weights, sampling with the plan of ``sampler_cfg`` and the per-case
+        settings of ``inference`` (seed, ensemble, guidance, bf16), and the checkpoint's stored config."""
+        seg, stored = load_segmenter(path, sampler_cfg, device, inference=inference)
         return cls(seg, stored["structures"], stored["shape"], device), stored
 
     def __init__(self, sampler: DiffAtlasSegmenter, structures: Sequence[str], shape: Sequence[int],
@@ -208,9 +209,12 @@ class DiffAtlasGridModel:
         return labels[0], None if spread is None else spread[0]
 
     def describe(self) -> dict[str, Any]:
+        """The timestep plan and every per-case setting (the uncertainty measure only for an ensemble)."""
         s = self.sampler
         return {"method": "DiffAtlas", "plan": s.plan.name, "network_evaluations": s.network_evaluations,
-                "seed": s.seed, "ensemble_size": s.ensemble_size, "fusion": s.fusion}
+                "eta": s.plan.eta, "seed": s.seed, "ensemble_size": s.ensemble_size, "fusion": s.fusion,
+                "uncertainty": s.uncertainty if s.ensemble_size > 1 else None, "guidance_scale": s.guidance_scale,
+                "guidance_window": s.guidance_window, "bf16": s.bf16, "image_level": s.image_level}
 
 
 class BaselineGridModel:
@@ -236,28 +240,29 @@ ONE_SAMPLE = {"ensemble_size": 1, "guidance_scale": 0.0, "bf16": False, "image_l
 """Settings only DiffAtlas sampling has, at the values that leave them off; ICF and ICMD accept nothing else."""
 
 
-def load_grid_model(path: str | Path, sampler_cfg: Mapping[str, Any],
-                    device: torch.device) -> tuple[GridModel, dict[str, Any]]:
+def load_grid_model(path: str | Path, sampler_cfg: Mapping[str, Any], device: torch.device,
+                    inference: Mapping[str, Any] | None = None) -> tuple[GridModel, dict[str, Any]]:
     """The model of a checkpoint written by ``python -m diffatlas.train`` or by ``compare`` (DiffAtlas, ICF or
     ICMD: the stored ``method``; a checkpoint without one is DiffAtlas's), and its stored config. ICMD samples
-    with the plan and seed of ``sampler_cfg``; ICF, a feedforward network, ignores them."""
+    with the plan of ``sampler_cfg`` and the seed of ``inference``; ICF, a feedforward network, ignores both."""
+    options = sampling_options(sampler_cfg, inference)
     stored = load_checkpoint(path)["config"]
     method = stored.get("method", "DiffAtlas")
     if method == "DiffAtlas":
         if "structures" not in stored or "model" not in stored:
             raise ValueError(f"{path}: this checkpoint lacks structures or model, which the segmenter needs (a "
                              "checkpoint of python -m diffatlas.train or compare holds them)")
-        return DiffAtlasGridModel.from_checkpoint(path, sampler_cfg, device)
+        return DiffAtlasGridModel.from_checkpoint(path, sampler_cfg, device, inference)
     if method not in (ICF.name, ICMD.name):
         raise ValueError(f"{path}: a {method} checkpoint; the segmenter takes DiffAtlas, ICF and ICMD checkpoints")
     for key, off in ONE_SAMPLE.items():
-        if sampler_cfg.get(key, off) != off:
-            raise ValueError(f"{key}={sampler_cfg[key]} needs a DiffAtlas checkpoint; {path} is an {method} "
+        if options.get(key, off) != off:
+            raise ValueError(f"{key}={options[key]} needs a DiffAtlas checkpoint; {path} is an {method} "
                              "checkpoint (one sample per case)")
     if method == ICF.name:
         baseline: ICF | ICMD = ICF.from_checkpoint(path, str(device))
     else:
-        baseline = ICMD.from_checkpoint(path, str(device), seed=int(sampler_cfg.get("seed", 0)))
+        baseline = ICMD.from_checkpoint(path, str(device), seed=int(options.get("seed", 0)))
         baseline.use_plan(build_plan(sampler_cfg, baseline.diffusion.num_timesteps))
     return BaselineGridModel(baseline, stored["structures"], stored["shape"]), stored
 
@@ -312,19 +317,35 @@ class Segmenter:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", *, sampler: Mapping[str, Any] | None = None,
                         roi: str = "auto", roi_passes: int = 2,
-                        postprocess: Postprocessing | Mapping[str, Any] | None = None) -> "Segmenter":
+                        postprocess: Postprocessing | Mapping[str, Any] | None = None,
+                        **sampling: Any) -> "Segmenter":
         """A segmenter around a checkpoint's EMA weights: DiffAtlas, ICF or ICMD (``load_grid_model``).
 
         Args:
             path: a ``checkpoint_*.pt`` written by ``python -m diffatlas.train``, or an ICF or ICMD checkpoint
                 written by ``python -m diffatlas.compare`` (in ``Model/<run>/icf/``, ``Model/<run>/icmd/``).
             device: ``auto``, ``cpu`` or ``cuda``.
-            sampler: a sampler config (``configs/sampler/``); default ``DEFAULT_SAMPLER``.
+            sampler: a sampler config, the timestep plan (``configs/sampler/``); default ``DEFAULT_SAMPLER``.
             roi, roi_passes, postprocess: see the class.
+            sampling: the per-case settings of the ``inference`` group, ``DiffAtlasSegmenter.CASE_KEYS``: ``seed``,
+                ``ensemble_size``, ``fusion``, ``uncertainty``, ``guidance_scale``, ``guidance_window``, ``bf16``.
         """
+        unknown = sorted(set(sampling) - set(DiffAtlasSegmenter.CASE_KEYS))
+        if unknown:
+            raise TypeError(f"unknown sampling settings {unknown}; allowed: {', '.join(DiffAtlasSegmenter.CASE_KEYS)}")
         sampler_cfg = dict(DEFAULT_SAMPLER if sampler is None else sampler)
-        model, stored = load_grid_model(path, sampler_cfg, resolve_device(device))
+        model, stored = load_grid_model(path, sampler_cfg, resolve_device(device), sampling)
         return cls(model, checkpoint_preparation(stored), roi=roi, roi_passes=roi_passes, postprocess=postprocess)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "Segmenter":
+        """A segmenter from a run config: ``checkpoint``, ``device``, ``sampler`` (the timestep plan) and
+        ``inference`` (the per-case settings, the crop and postprocessing; ``configs/inference/``)."""
+        inference = dict(cfg["inference"])
+        sampling = {k: inference[k] for k in DiffAtlasSegmenter.CASE_KEYS if inference.get(k) is not None}
+        return cls.from_checkpoint(cfg["checkpoint"], cfg["device"], sampler=cfg["sampler"], roi=inference["roi"],
+                                   roi_passes=int(inference.get("roi_passes", 2)),
+                                   postprocess=inference.get("postprocess"), **sampling)
 
     @property
     def structures(self) -> tuple[str, ...]:

@@ -77,10 +77,9 @@ def segment_scans(segmenter: Segmenter, input_path: str | Path, output: str | Pa
 
 def segment(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``python -m diffatlas.segment``: build the segmenter from ``cfg`` and segment ``cfg["input"]``."""
-    segmenter = Segmenter.from_checkpoint(cfg["checkpoint"], cfg["device"], sampler=cfg["sampler"],
-                                          roi=cfg["roi"], roi_passes=int(cfg["roi_passes"]),
-                                          postprocess=cfg.get("postprocess"))
-    boxes = load_boxes(cfg.get("box_file"))
+    segmenter = Segmenter.from_config(cfg)
+    boxes = load_boxes(cfg["inference"].get("box_file"))
     if segmenter.roi == "box" and not boxes:
-        raise ValueError("roi=box needs box_file=<JSON {scan name: [[i0, i1], [j0, j1], [k0, k1]]}>")
+        raise ValueError("inference.roi=box needs inference.box_file=<JSON {scan name: [[i0, i1], [j0, j1], "
+                         "[k0, k1]]}>")
     return segment_scans(segmenter, cfg["input"], cfg["output"], boxes=boxes, report=bool(cfg.get("report", True)))

@@ -33,15 +33,15 @@ log = logging.getLogger(__name__)
 
 def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Segment and score the split's test cases; returns the summary written to ``run_dir``."""
-    if cfg.get("roi", "label") != "label":
+    inference = cfg["inference"]
+    if inference["roi"] != "label":
         return test_on_scans(cfg, run_dir)
     device = resolve_device(cfg["device"])
     run_dir = Path(run_dir)
     data, split = load_data_and_split(cfg["dataset"], cfg["split"])
-    postprocess = Postprocessing.from_config(cfg.get("postprocess"), data.structures)
+    postprocess = Postprocessing.from_config(inference.get("postprocess"), data.structures)
     checkpoint = Path(cfg["checkpoint"])
-    model, stored = DiffAtlasGridModel.from_checkpoint(checkpoint, cfg["sampler"], device)
-    seg = model.sampler
+    model, stored = DiffAtlasGridModel.from_checkpoint(checkpoint, cfg["sampler"], device, inference)
     if list(stored["structures"]) != list(data.structures):
         raise ValueError(f"the checkpoint segments {stored['structures']} but {data.root} holds "
                          f"{list(data.structures)}; use a dataset with the same structures")
@@ -65,11 +65,7 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
             scores.add(case, label, seconds)
             if spread is not None:
                 write_volume(scores.prediction_path(case, "_uncertainty.nii.gz"), spread[n], case.affine)
-    sampler_info = {"plan": seg.plan.name, "network_evaluations": seg.network_evaluations, "eta": seg.plan.eta,
-                    "seed": seg.seed, "ensemble_size": seg.ensemble_size, "fusion": seg.fusion,
-                    "uncertainty": seg.uncertainty if seg.ensemble_size > 1 else None,
-                    "guidance_scale": seg.guidance_scale, "bf16": seg.bf16, "roi": "label",
-                    "postprocess": postprocess.describe()}
+    sampler_info = {**model.describe(), "roi": "label", "postprocess": postprocess.describe()}
     summary = scores.finish("DiffAtlas", split.get("name", Path(cfg["split"]["file"]).stem), sampler_info)
     log.info("results written to %s", run_dir)
     return summary
@@ -80,9 +76,7 @@ def test_on_scans(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]
     them against the reference labels on each scan's own grid, and write the reports and the QC report."""
     run_dir = Path(run_dir)
     data, split = load_data_and_split(cfg["dataset"], cfg["split"])
-    segmenter = Segmenter.from_checkpoint(cfg["checkpoint"], cfg["device"], sampler=cfg["sampler"], roi=cfg["roi"],
-                                          roi_passes=int(cfg.get("roi_passes", 2)),
-                                          postprocess=cfg.get("postprocess"))
+    segmenter = Segmenter.from_config(cfg)
     if segmenter.structures != data.structures:
         raise ValueError(f"the checkpoint segments {list(segmenter.structures)} but {data.root} holds "
                          f"{list(data.structures)}; use a dataset with the same structures")

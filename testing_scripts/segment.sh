@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Segment new scans with a trained checkpoint: no label, no preparation step.
 # Usage: bash testing_scripts/segment.sh CHECKPOINT INPUT OUTPUT [Hydra overrides ...]
-#   CHECKPOINT  a checkpoint_*.pt written by python -m diffatlas.train (e.g. Model/phantom_ct/checkpoint_last.pt)
+#   CHECKPOINT  a checkpoint_*.pt written by python -m diffatlas.train (e.g. Model/phantom_ct/checkpoint_last.pt),
+#               or an ICF or ICMD one written by python -m diffatlas.compare (Model/<run>/icf/checkpoint_last.pt)
 #   INPUT       a scan (NIfTI, NRRD, MHA), a DICOM series folder, or a folder of them
 #   OUTPUT      folder for <scan name>.nii.gz (the scan's geometry), report.html, volumes.csv and qc/*.png
-# Samples with DDIM-10 and finds the heart without a label (roi=auto); e.g. sampler.num_steps=50,
-# sampler.ensemble_size=3 (uncertainty maps), roi=whole, roi=box box_file=<json>, postprocess.fill_holes=[LV].
+# Samples with DDIM-10 and finds the heart without a label (inference.roi=auto); e.g. sampler.num_steps=50,
+# inference.ensemble_size=3 (uncertainty maps), inference.roi=whole, inference.roi=box inference.box_file=<json>,
+# inference.postprocess.fill_holes=[LV].
 source "$(dirname "${BASH_SOURCE[0]}")/../training_scripts/common.sh"
 [ $# -ge 3 ] || die "usage: bash testing_scripts/segment.sh CHECKPOINT INPUT OUTPUT [Hydra overrides ...]"
 CKPT="$(from_caller "$1")"

@@ -6,7 +6,7 @@ import json
 import nibabel as nib
 import numpy as np
 
-from diffatlas.data.phantom import write_phantom_dataset
+from diffatlas.data.phantom import write_phantom_dataset, write_raw_phantom_scans
 from diffatlas.data.splits import save_split
 from tests.test_end_to_end import TINY_MODEL, _run
 
@@ -29,7 +29,8 @@ def test_compare_writes_the_paper_table(tmp_path):
     done = _run("diffatlas.compare", f"dataset.root={data}", f"split.file={split}", "split.name=2shot",
                 *TINY_MODEL, "training.steps=2", "training.batch_size=2", "sampler.num_steps=2", "device=cpu",
                 f"checkpoint_dir={tmp_path}/diffatlas", f"baselines.icf.out_dir={tmp_path}/icf", *FAST_RBA,
-                *TINY_ICF, *TINY_ICMD, f"baselines.icmd.out_dir={tmp_path}/icmd", f"hydra.run.dir={run_dir}")
+                *TINY_ICF, *TINY_ICMD, f"baselines.icmd.out_dir={tmp_path}/icmd", "inference.seed=3",
+                "inference.postprocess.largest_component=all", f"hydra.run.dir={run_dir}")
     table = (run_dir / "table.md").read_text()
     assert table.strip() in done.stdout
     rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines() if line.startswith("| (")]
@@ -38,11 +39,22 @@ def test_compare_writes_the_paper_table(tmp_path):
     summaries = json.loads((run_dir / "summary.json").read_text())
     assert [s["method"] for s in summaries] == rows
     assert all(s["num_cases"] == 2 and s["sampler"]["train_cases"] == 2 for s in summaries)
+    assert all(s["sampler"]["postprocess"]["largest_component"] == ["Myo", "LV", "LA", "RA", "RV"] for s in summaries)
+    assert summaries[3]["sampler"]["seed"] == 3 and summaries[3]["sampler"]["plan"] == "ddim2"
     for key in ("icf", "rba", "icmd", "diffatlas"):
         assert json.loads((run_dir / key / "summary.json").read_text())["method"] in rows
         pred = nib.load(run_dir / key / "predictions" / "ct_test_0002.nii.gz")
         image = nib.load(data / "images" / "ct_test_0002.nii.gz")
         assert np.allclose(pred.affine, image.affine) and pred.shape == (16, 16, 16)
+    # the baselines' checkpoints that compare wrote segment a new raw scan like DiffAtlas's
+    scan = write_raw_phantom_scans(tmp_path / "raw", 1, "ct", (16, 16, 16), 100.0, seed=0, first_index=7)[0]
+    for key in ("icf", "icmd"):
+        out = tmp_path / f"segmented_{key}"
+        _run("diffatlas.segment", f"checkpoint={tmp_path}/{key}/checkpoint_last.pt", f"input={scan}",
+             f"output={out}", "device=cpu", "sampler.num_steps=2", f"hydra.run.dir={tmp_path}/s_{key}")
+        written, raw = nib.load(out / "ct_0007.nii.gz"), nib.load(scan)
+        assert written.shape == raw.shape and np.allclose(written.affine, raw.affine, atol=1e-4)
+        assert 0 <= np.asarray(written.dataobj).min() and np.asarray(written.dataobj).max() <= 5
     # RBA with the two training phantoms as atlases segments something
     assert json.loads((run_dir / "rba" / "summary.json").read_text())["mean"]["dice"] > 0.2
 

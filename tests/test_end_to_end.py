@@ -36,12 +36,15 @@ def test_prepare_train_test(tmp_path):
     assert (ckpt_dir / "checkpoint_last.pt").is_file()
     run_dir = tmp_path / "test"
     done = _run("diffatlas.test", *dataset, f"checkpoint={ckpt_dir}/checkpoint_last.pt", "sampler=ddim",
-                "sampler.num_steps=3", "sampler.ensemble_size=2", "device=cpu", f"hydra.run.dir={run_dir}")
+                "sampler.num_steps=3", "inference.ensemble_size=2", "inference.seed=5", "device=cpu",
+                f"hydra.run.dir={run_dir}")
     assert "| Average |" in done.stdout and "Dice (%)" in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_cases"] == 2 and summary["structures"] == ["Myo", "LV", "LA", "RA", "RV"]
     assert summary["sampler"]["plan"] == "ddim3" and summary["nsd_tolerance_mm"] == 2.0
     assert summary["sampler"]["network_evaluations"] == 6 and summary["sampler"]["uncertainty"] == "sdf_std"
+    assert {k: summary["sampler"][k] for k in ("seed", "ensemble_size", "fusion", "guidance_scale", "bf16", "roi")} \
+        == {"seed": 5, "ensemble_size": 2, "fusion": "mean_sdf", "guidance_scale": 0.0, "bf16": False, "roi": "label"}
     spread = nib.load(run_dir / "predictions" / "ct_test_0003_uncertainty.nii.gz")
     assert spread.shape == (16, 16, 16) and np.asarray(spread.dataobj).min() >= 0
     assert (run_dir / "table.md").read_text().strip() in done.stdout
@@ -50,6 +53,17 @@ def test_prepare_train_test(tmp_path):
     image = nib.load(data / "images" / "ct_test_0003.nii.gz")
     assert np.allclose(pred.affine, image.affine) and pred.shape == image.shape
     assert np.allclose(spread.affine, image.affine)
+
+
+def test_keys_moved_to_the_inference_group_are_one_line_errors(tmp_path):
+    for module, arg, new in (("diffatlas.test", "sampler.ensemble_size=3", "inference.ensemble_size"),
+                             ("diffatlas.segment", "roi=auto", "inference.roi"),
+                             ("diffatlas.compare", "+sampler.guidance_scale=0.1", "inference.guidance_scale"),
+                             ("diffatlas.test", "postprocess.fill_holes=[LV]", "inference.postprocess.fill_holes")):
+        done = _run(module, arg, f"hydra.run.dir={tmp_path}/h", check=False)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: {arg.split('=')[0].lstrip('+')} moved to {new} (")
 
 
 def test_missing_data_is_explained(tmp_path):

@@ -13,7 +13,7 @@ from diffatlas.data.layout import ChannelLayout
 from diffatlas.data.sdf import decode_sdf_torch, encode_sdf
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter, case_seed, member_seed
-from diffatlas.builders import build_plan
+from diffatlas.builders import build_plan, sampling_options
 from diffatlas.sampling.ensemble import fuse, uncertainty_map
 from diffatlas.sampling.guidance import ReconstructionGuidance, lncc
 from diffatlas.sampling.plans import ddim_plan, ddpm_plan, make_plan
@@ -203,16 +203,43 @@ def test_bad_sampler_options_are_explained():
             _images(1), ["a"], coarse=_coarse(1))
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "ddim_fast", "repaint", "refine"])
-def test_sampler_configs_build(name, tmp_path):
+PLAN_KEYS = {"plan", "num_steps", "eta", "start_t", "jump_length", "jump_n_sample", "coarse_dir", "image_level"}
+SAMPLER_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "sampler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SAMPLER_CONFIGS)
+def test_sampler_configs_hold_the_timestep_plan_only(name, tmp_path):
     cfg = OmegaConf.load(ROOT / "configs" / "sampler" / f"{name}.yaml")
+    assert set(cfg) <= PLAN_KEYS and not set(cfg) & set(DiffAtlasSegmenter.CASE_KEYS)
     if name == "refine":
         cfg.coarse_dir, cfg.start_t = str(tmp_path), 4
     cfg = OmegaConf.to_container(cfg)
     plan = build_plan(cfg, T)
     assert plan.timesteps[-1] == -1
-    options = {k: cfg[k] for k in DiffAtlasSegmenter.SAMPLER_KEYS if cfg.get(k) is not None}
-    assert options["ensemble_size"] == 1 and options["guidance_scale"] == 0.0
+    inference = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "inference" / "default.yaml"))
+    options = sampling_options(cfg, inference)
+    assert options["ensemble_size"] == 1 and options["guidance_scale"] == 0.0 and options["seed"] == 0
     if name == "refine":
         seg = _seg(plan, **options)
         assert seg.refines and seg.coarse_dir == tmp_path
+    with pytest.raises(ValueError, match=r"^sampler.ensemble_size moved to inference.ensemble_size \(the sampler"):
+        build_plan({**cfg, "ensemble_size": 3}, T)
+
+
+def test_the_inference_group_holds_every_per_case_setting_and_reaches_the_sampler():
+    keys = set(DiffAtlasSegmenter.CASE_KEYS) | {"roi", "roi_passes", "postprocess"}
+    default = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "inference" / "default.yaml"))
+    assert set(default) == keys and default["roi"] == "label"
+    assert default["postprocess"] == {"largest_component": [], "fill_holes": []}
+    segment = OmegaConf.load(ROOT / "configs" / "inference" / "segment.yaml")
+    assert list(segment.defaults) == ["default", "_self_"] and segment.roi == "auto" and segment.box_file is None
+    assert segment.postprocess.largest_component == "all"
+    plan = make_plan("ddim", T, num_steps=3)
+    options = sampling_options({"plan": "ddim", "num_steps": 3},
+                               {**default, "seed": 4, "ensemble_size": 2, "fusion": "vote", "uncertainty": "entropy",
+                                "guidance_scale": 0.01, "guidance_window": 3, "bf16": False})
+    seg = _seg(plan, **options)
+    assert (seg.seed, seg.ensemble_size, seg.fusion, seg.uncertainty, seg.guidance_scale, seg.guidance_window) == \
+        (4, 2, "vote", "entropy", 0.01, 3)
+    labels, spread = seg.segment_with_uncertainty(_images(1), ["a"])
+    assert spread is not None and spread.shape == labels.shape

@@ -25,7 +25,7 @@ from diffatlas.segmenting import segment
 from tests.test_end_to_end import TINY_MODEL, _run
 
 SHAPE, FOV_MM = (16, 16, 16), 100.0
-FAST = {"plan": "ddim", "num_steps": 2, "eta": 0.0, "start_t": None, "seed": 0}
+FAST = {"plan": "ddim", "num_steps": 2, "eta": 0.0, "start_t": None}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_the_same_anatomy_stored_in_other_axes_gets_the_same_labels(checkpoint, 
 
 
 def test_segment_array(checkpoint, scans):
-    seg = Segmenter.from_checkpoint(checkpoint, "cpu", sampler={**FAST, "ensemble_size": 2}, roi="whole")
+    seg = Segmenter.from_checkpoint(checkpoint, "cpu", sampler=FAST, roi="whole", ensemble_size=2)
     array = nib.load(str(scans[1])).get_fdata()
     result = seg.segment_array(array, (6.25, 6.25, 6.25), case_id="x")
     assert result.labels.shape == array.shape and result.labels.dtype == np.uint8
@@ -246,7 +246,7 @@ def test_segment_command_on_a_folder_with_broken_inputs(checkpoint, scans, tmp_p
     (folder / "empty_series").mkdir()
     out = tmp_path / "out"
     done = _run("diffatlas.segment", f"checkpoint={checkpoint}", f"input={folder}", f"output={out}", "device=cpu",
-                "sampler.num_steps=2", "sampler.ensemble_size=2", f"hydra.run.dir={tmp_path}/h", check=False)
+                "sampler.num_steps=2", "inference.ensemble_size=2", f"hydra.run.dir={tmp_path}/h", check=False)
     assert done.returncode == 1, done.stderr[-2000:]
     failures = [line for line in done.stdout.splitlines() if line.startswith("failed: ")]
     assert [line.split(":")[1].strip() for line in failures] == ["corrupt", "empty_series", "flat"]
@@ -271,13 +271,13 @@ def test_segment_command_explains_missing_inputs(checkpoint, tmp_path):
     assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].startswith("error: no scans in")
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = to_plain(compose("segment", overrides=[f"checkpoint={checkpoint}", f"input={tmp_path}/empty",
-                                                     f"output={tmp_path}/o", "device=cpu", "roi=box"]))
-    with pytest.raises(ValueError, match="roi=box needs box_file"):
+                                                     f"output={tmp_path}/o", "device=cpu", "inference.roi=box"]))
+    with pytest.raises(ValueError, match="inference.roi=box needs inference.box_file"):
         segment(cfg)
 
 
 def test_test_command_with_roi_auto_scores_the_raw_scans_without_their_labels(tmp_path):
-    """``test roi=auto`` segments each test case's raw scan label-free and scores it on the scan's own grid."""
+    """``test inference.roi=auto`` segments each test case's raw scan label-free and scores it on the scan's own grid."""
     from diffatlas.data.prepare import prepare_from_config
     from diffatlas.data.splits import write_dataset_splits
     from diffatlas.testing import test
@@ -293,8 +293,8 @@ def test_test_command_with_roi_auto_scores_the_raw_scans_without_their_labels(tm
         train(to_plain(compose("train", overrides=[*common, *TINY_MODEL, f"checkpoint_dir={tmp_path}/model",
                                                    "training.steps=2", "training.batch_size=2"])))
         cfg = to_plain(compose("test", overrides=[*common, f"checkpoint={tmp_path}/model/checkpoint_last.pt",
-                                                  "sampler=ddim", "sampler.num_steps=2", "roi=auto",
-                                                  "postprocess.largest_component=all"]))
+                                                  "sampler=ddim", "sampler.num_steps=2", "inference.roi=auto",
+                                                  "inference.postprocess.largest_component=all"]))
     summary = test(cfg, tmp_path / "run")
     assert summary["space"] == "native" and summary["sampler"]["roi"] == "auto"
     assert summary["sampler"]["postprocess"]["largest_component"] == ["RV", "Myo", "LV"]
@@ -321,12 +321,12 @@ def test_segment_scripts_pass_their_arguments(tmp_path):
     (tmp_path / "scans").mkdir()
     env = dict(os.environ, PYTHON=str(fake))
     script = str(root / "testing_scripts" / "segment.sh")
-    done = subprocess.run(["bash", script, "model.pt", "scans", "out", "roi=whole"], cwd=tmp_path, env=env,
+    done = subprocess.run(["bash", script, "model.pt", "scans", "out", "inference.roi=whole"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert record.read_text().splitlines() == [
         "-m", "diffatlas.segment", f"checkpoint={tmp_path}/model.pt", f"input={tmp_path}/scans",
-        f"output={tmp_path}/out", "sampler=ddim", "sampler.num_steps=10", "roi=whole"]
+        f"output={tmp_path}/out", "sampler=ddim", "sampler.num_steps=10", "inference.roi=whole"]
     done = subprocess.run(["bash", script, "missing.pt", "scans", "out"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.startswith("error: no checkpoint at")

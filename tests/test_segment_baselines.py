@@ -24,7 +24,7 @@ from diffatlas.training.trainer import LAST
 SHAPE, FOV_MM = (16, 16, 16), 100.0
 NETWORK = dict(base_channels=8, channel_mults=[1, 2], attention_levels=[], norm_groups=4)
 TRAINING = dict(steps=3, batch_size=2, lr=3e-3, ema_decay=0.9, checkpoint_every=1000, seed=3)
-FAST = {"plan": "ddim", "num_steps": 2, "eta": 0.0, "start_t": None, "seed": 0}
+FAST = {"plan": "ddim", "num_steps": 2, "eta": 0.0, "start_t": None}
 STRUCTURES = ("Myo", "LV", "LA", "RA", "RV")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,7 @@ def test_segmenter_api_segments_a_raw_scan_with_the_checkpoints_network(method, 
 
 
 def test_icmd_samples_with_the_given_plan_and_seed(checkpoints):
-    seg = Segmenter.from_checkpoint(checkpoints["ICMD"], "cpu", sampler={**FAST, "seed": 7}, roi="whole")
+    seg = Segmenter.from_checkpoint(checkpoints["ICMD"], "cpu", sampler=FAST, roi="whole", seed=7)
     described = seg.describe()
     assert {key: described[key] for key in ("method", "mode", "plan", "network_evaluations", "seed", "roi")} == {
         "method": "ICMD", "mode": "ddpm", "plan": "ddim2", "network_evaluations": 2, "seed": 7, "roi": "whole"}
@@ -120,4 +120,4 @@ def test_checkpoints_lacking_what_the_segmenter_needs_are_one_line_errors(checkp
     with pytest.raises(ValueError, match="a RBA checkpoint; the segmenter takes DiffAtlas, ICF and ICMD"):
         Segmenter.from_checkpoint(tmp_path / "rba.pt", "cpu")
     with pytest.raises(ValueError, match="ensemble_size=2 needs a DiffAtlas checkpoint"):
-        Segmenter.from_checkpoint(checkpoints["ICF"], "cpu", sampler={**FAST, "ensemble_size": 2})
+        Segmenter.from_checkpoint(checkpoints["ICF"], "cpu", sampler=FAST, ensemble_size=2)

@@ -35,6 +35,36 @@ def quiet_other_ranks() -> None:
             sys.argv.append(f"{key}={value}")
 
 
+MOVED_TO_INFERENCE = ("roi", "roi_passes", "box_file", "postprocess")
+"""Top-level keys of the test and segment configs that moved into the ``inference`` group (``configs/inference/``),
+beside the per-case sampler settings (``DiffAtlasSegmenter.CASE_KEYS``)."""
+
+
+def moved_override(args: list[str]) -> str | None:
+    """The message for the first command-line override that names a key moved to the ``inference`` group
+    (``sampler.ensemble_size=3``, ``roi=auto``, ``postprocess.fill_holes=[LV]``), or None."""
+    from diffatlas.methods.diffatlas import DiffAtlasSegmenter
+
+    for arg in args:
+        if "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        group, _, rest = key.partition(".")
+        if group == "sampler" and rest in DiffAtlasSegmenter.CASE_KEYS:
+            return f"{key} moved to inference.{rest} (the sampler config holds the timestep plan only)"
+        if group in MOVED_TO_INFERENCE:
+            return f"{key} moved to inference.{key} (configs/inference/)"
+    return None
+
+
+def reject_moved_overrides(args: list[str] | None = None) -> None:
+    """Exit with a one-line error, before Hydra reads the config, when an override names a moved key."""
+    message = moved_override(sys.argv[1:] if args is None else args)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(1)
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # FileNotFoundError, PermissionError, IsADirectoryError, a full disk ...
     ValueError,  # bad settings and bad files

@@ -81,9 +81,10 @@ class DiffAtlasSegmenter:
             until it is shown to leave Dice unchanged); the reverse-loop arithmetic stays float32.
     """
 
-    SAMPLER_KEYS = ("seed", "ensemble_size", "fusion", "uncertainty", "guidance_scale", "guidance_window",
-                    "image_level", "coarse_dir", "bf16")
-    """The sampler config keys that configure the segmenter; the others describe the plan."""
+    CASE_KEYS = ("seed", "ensemble_size", "fusion", "uncertainty", "guidance_scale", "guidance_window", "bf16")
+    """The per-case settings: the ``inference`` config group (``configs/inference/``), never the sampler config."""
+    SAMPLER_OPTIONS = ("image_level", "coarse_dir")
+    """The sampler config keys that configure the segmenter; the others describe the timestep plan."""
 
     def __init__(self, denoiser: nn.Module, diffusion: GaussianDiffusion, layout: ChannelLayout,
                  plan: TimestepPlan, *, sdf_clip: float, sdf_scale_vox: float | None = None, seed: int = 0,
