@@ -22,6 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from diffatlas.data.geometry import voxel_volume_ml
+
 PANEL_PX = 192                      # each plane is scaled up by an integer factor to about this many pixels
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230))
@@ -127,6 +129,14 @@ def render_case(out_dir: str | Path, case: str, image: np.ndarray, labels: np.nd
         names.append(f"{case}_uncertainty.png")
         write_png(out_dir / names[1], _row(heat))
     return names
+
+
+def label_volumes_ml(labels: np.ndarray, spacing_mm: Sequence[float], structures: Sequence[str]) -> dict[str, float]:
+    """Each structure's volume in millilitres in a label map (value k is ``structures[k - 1]``) with voxel
+    ``spacing_mm``."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=len(structures) + 1)
+    voxel_ml = voxel_volume_ml(spacing_mm)
+    return {name: float(counts[k]) * voxel_ml for k, name in enumerate(structures, start=1)}
 
 
 def write_volumes(path: str | Path, cases: Sequence[CaseQC], structures: Sequence[str]) -> None:

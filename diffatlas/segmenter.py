@@ -33,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from diffatlas import qc
 from diffatlas.builders import build_plan, load_segmenter, sampling_options
 from diffatlas.data import geometry
 from diffatlas.data.geometry import CropSpec, Grid
@@ -158,9 +159,7 @@ class Segmentation:
 
     def volumes_ml(self) -> dict[str, float]:
         """Each structure's volume in millilitres on the scan's own grid."""
-        counts = np.bincount(self.labels.ravel(), minlength=len(self.structures) + 1)
-        unit = geometry.voxel_volume_ml(self.scan_grid.spacing)
-        return {name: float(counts[k]) * unit for k, name in enumerate(self.structures, start=1)}
+        return qc.label_volumes_ml(self.labels, self.scan_grid.spacing, self.structures)
 
 
 class GridModel(Protocol):

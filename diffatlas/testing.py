@@ -2,7 +2,8 @@
 
 With ``roi=label`` (the paper's protocol) the prepared crops are segmented; predictions are written as NIfTI with
 the input's affine (with an ensemble also ``<case>_uncertainty.nii.gz``), with ``per_case.csv``, ``summary.json``
-and ``table.md`` (see :class:`diffatlas.scoring.ScoreSheet`). With ``roi=auto`` or ``roi=whole`` the cases' raw
+and ``table.md`` (see :class:`diffatlas.scoring.ScoreSheet`), and the QC report (``report.html``, ``qc/``,
+``volumes.csv``) on the prepared grid. With ``roi=auto`` or ``roi=whole`` the cases' raw
 scans are segmented by the label-free ``Segmenter`` instead and scored in native space, with the QC report.
 """
 
@@ -55,6 +56,7 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (cases sampled together), got {batch_size}")
     scores = ScoreSheet(data, cases, float(cfg["nsd_tolerance_mm"]), run_dir)
+    views: list[qc.CaseQC] = []
     for start in tqdm(range(0, len(cases), batch_size), desc="test", disable=None):
         chunk = [data.load_case(c) for c in cases[start:start + batch_size]]
         t0 = time.perf_counter()
@@ -63,10 +65,18 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
         seconds = (time.perf_counter() - t0) / len(chunk)
         for n, (case, label) in enumerate(zip(chunk, labels)):
             scores.add(case, label, seconds)
-            if spread is not None:
-                write_volume(scores.prediction_path(case, "_uncertainty.nii.gz"), spread[n], case.affine)
+            uncertainty = None if spread is None else spread[n]
+            if uncertainty is not None:
+                write_volume(scores.prediction_path(case, "_uncertainty.nii.gz"), uncertainty, case.affine)
+            images = qc.render_case(run_dir / "qc", case.case, case.image, label, len(data.structures), uncertainty)
+            views.append(qc.CaseQC(case.case, [f"qc/{name}" for name in images],
+                                   qc.label_volumes_ml(label, case.spacing_mm, data.structures),
+                                   scores.results[-1].metrics, seconds=seconds))
     sampler_info = {**model.describe(), "roi": "label", "postprocess": postprocess.describe()}
     summary = scores.finish("DiffAtlas", split.get("name", Path(cfg["split"]["file"]).stem), sampler_info)
+    qc.write_volumes(run_dir / qc.VOLUMES, views, data.structures)
+    qc.write_report(run_dir, views, data.structures, f"{data.name} test cases, roi=label (prepared crops)",
+                    sampler_info)
     log.info("results written to %s", run_dir)
     return summary
 

@@ -100,7 +100,7 @@ def _torchrun_train(tmp_path, data, steps, run):
                f"checkpoint_dir={tmp_path / 'model'}", f"training.steps={steps}", "training.batch_size=1",
                "training.grad_accum=2", "training.checkpoint_every=2", "training.val_every=0", "device=auto",
                f"hydra.run.dir={tmp_path / run}"]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

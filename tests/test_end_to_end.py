@@ -18,7 +18,7 @@ TINY_MODEL = ["model.base_channels=8", "model.channel_mults=[1,2]", "model.atten
 
 def _run(module, *args, check=True):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done

@@ -447,7 +447,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(tmp_path, one_thread)
 
 def _run(module, *args):
     env = {k: v for k, v in os.environ.items() if k != "DIFFATLAS_DEBUG"} | {"PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
 
 
 def test_test_run_with_an_absolute_case_id_stops_before_touching_it(tmp_path, phantom_root):

@@ -14,7 +14,7 @@ def test_quick_gpu_check_kills_resumes_and_summarises_on_the_cpu(tmp_path):
     out = tmp_path / "check"
     env = dict(os.environ, QUICK="1", OUT=str(out), DEVICE="cpu", PYTHON=sys.executable, OMP_NUM_THREADS="1")
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1500)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = done.stdout[done.stdout.index("== summary"):]
     assert "| killed with a checkpoint at step | 10 |" in summary

@@ -112,7 +112,7 @@ def test_report_opens_from_disk_with_every_image_loaded(tmp_path):
 
     def loaded(path):
         done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                               "--dump-dom", path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+                               "--dump-dom", path.resolve().as_uri()], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
         found = re.search(r'data-images-loaded="(\d+)" data-images-total="(\d+)"', done.stdout)
         assert found, done.stderr[-2000:]
         return int(found.group(1)), int(found.group(2))

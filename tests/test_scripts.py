@@ -32,7 +32,7 @@ def _run(script: Path, tmp_path: Path, *args: str, **env_vars: str) -> tuple[sub
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATA_ROOT", "CHECKPOINT", "CHECKPOINT_DIR", "ACDC_RAW", "DIFFATLAS_DATA")}
     env.update(PYTHON=str(fake), DIFFATLAS_DATA=str(tmp_path / "data"), **env_vars)
-    done = subprocess.run(["bash", str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+    done = subprocess.run(["bash", str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=60)
     calls = []
     if record.exists():
@@ -47,7 +47,7 @@ def _fake_prepared(root: Path) -> None:
 
 @pytest.mark.parametrize("script", SCRIPTS + [ROOT / "training_scripts" / "common.sh"], ids=lambda p: p.name)
 def test_scripts_parse(script):
-    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert done.returncode == 0, done.stderr
 
 

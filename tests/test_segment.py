@@ -3,6 +3,7 @@
 on 16^3 phantoms; its label maps are rough, so the tests check geometry, determinism and error handling, and
 the localisation is checked with a model that returns the phantom's true heart."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -276,7 +277,7 @@ def test_segment_command_explains_missing_inputs(checkpoint, tmp_path):
         segment(cfg)
 
 
-def test_test_command_with_roi_auto_scores_the_raw_scans_without_their_labels(tmp_path):
+def test_test_command_scores_raw_scans_with_roi_auto_and_writes_the_qc_report_with_either_roi(tmp_path):
     """``test inference.roi=auto`` segments each test case's raw scan label-free and scores it on the scan's own grid."""
     from diffatlas.data.prepare import prepare_from_config
     from diffatlas.data.splits import write_dataset_splits
@@ -307,6 +308,24 @@ def test_test_command_with_roi_auto_scores_the_raw_scans_without_their_labels(tm
     page = (tmp_path / "run" / "report.html").read_text()
     assert all(f"qc/{case}_planes.png" in page for case in cases) and "Dice (%)" in page
 
+    # The paper's protocol (roi=label) writes the same QC report, on the prepared grid.
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = to_plain(compose("test", overrides=[*common, f"checkpoint={tmp_path}/model/checkpoint_last.pt",
+                                                  "sampler=ddim", "sampler.num_steps=2"]))
+    summary = test(cfg, tmp_path / "run_label")
+    assert summary["sampler"]["roi"] == "label"
+    page = (tmp_path / "run_label" / "report.html").read_text()
+    assert all(f"qc/{case}_planes.png" in page for case in cases) and "Dice (%)" in page
+    with open(tmp_path / "run_label" / "volumes.csv") as handle:
+        volumes = {row["case"]: row for row in csv.DictReader(handle)}
+    for case in cases:
+        assert (tmp_path / "run_label" / "qc" / f"{case}_planes.png").stat().st_size > 0
+        pred = nib.load(str(tmp_path / "run_label" / "predictions" / f"{case}.nii.gz"))
+        voxel_ml = float(np.prod(pred.header.get_zooms()[:3])) / 1000.0
+        labels = np.asarray(pred.dataobj)
+        for k, name in enumerate(["RV", "Myo", "LV"], start=1):
+            assert float(volumes[case][f"{name}_ml"]) == pytest.approx((labels == k).sum() * voxel_ml, abs=1e-3)
+
 
 def test_segment_scripts_pass_their_arguments(tmp_path):
     """``segment.sh`` with a stand-in Python that records its arguments: paths made absolute, DDIM-10, overrides."""
@@ -322,14 +341,14 @@ def test_segment_scripts_pass_their_arguments(tmp_path):
     env = dict(os.environ, PYTHON=str(fake))
     script = str(root / "testing_scripts" / "segment.sh")
     done = subprocess.run(["bash", script, "model.pt", "scans", "out", "inference.roi=whole"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert done.returncode == 0, done.stderr
     assert record.read_text().splitlines() == [
         "-m", "diffatlas.segment", f"checkpoint={tmp_path}/model.pt", f"input={tmp_path}/scans",
         f"output={tmp_path}/out", "sampler=ddim", "sampler.num_steps=10", "inference.roi=whole"]
     done = subprocess.run(["bash", script, "missing.pt", "scans", "out"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert done.returncode == 1 and done.stderr.startswith("error: no checkpoint at")
-    done = subprocess.run(["bash", script, "model.pt"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    done = subprocess.run(["bash", script, "model.pt"], cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=60)
     assert done.returncode == 1 and "usage: bash testing_scripts/segment.sh CHECKPOINT INPUT OUTPUT" in done.stderr

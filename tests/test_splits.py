@@ -140,7 +140,7 @@ def test_committed_phantom_splits_load():
 def _splits_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "diffatlas.splits", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
 
 
 def test_splits_command(tmp_path):
