@@ -16,6 +16,7 @@ from diffatlas.device import resolve_device
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.evaluation.metrics import evaluate_case
 from diffatlas.inputs import load_data_and_split, preparation_record, sdf_settings
+from diffatlas.localise import build_atlases
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import count_parameters
 from diffatlas.training.augment import make_augment
@@ -63,8 +64,9 @@ def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[s
         validate = _validator(cfg, data, val_cases, diffusion, layout, clip, device)
     augment = make_augment(cfg.get("augment"), image_channels=[layout.image.start])
     objective = denoiser_objective(diffusion, cfg["model"], cfg["diffusion"], layout)
-    trainer = Trainer(model, objective, dataset, cfg["checkpoint_dir"], settings,
-                      config=stored, validate=validate, device=device, augment=augment)
+    localiser = build_atlases(data, sorted(train_cases), stored["preparation"]["orientation"])
+    trainer = Trainer(model, objective, dataset, cfg["checkpoint_dir"], settings, config=stored,
+                      validate=validate, device=device, augment=augment, extras={"localiser": localiser})
     trainer.fit(resume=bool(cfg.get("resume", True)))
     return Path(cfg["checkpoint_dir"]) / LAST
 

@@ -40,6 +40,7 @@ from diffatlas.data.geometry import CropSpec, Grid
 from diffatlas.data.intensity import normalize_intensity
 from diffatlas.data.io import NIFTI_SUFFIXES, SITK_SUFFIXES, read_json_object
 from diffatlas.device import resolve_device
+from diffatlas.localise import LocaliserAtlas, locate
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.methods.icf import ICF
 from diffatlas.methods.icmd import ICMD
@@ -242,16 +243,19 @@ ONE_SAMPLE = {"ensemble_size": 1, "guidance_scale": 0.0, "bf16": False, "image_l
 def load_grid_model(path: str | Path, sampler_cfg: Mapping[str, Any], device: torch.device,
                     inference: Mapping[str, Any] | None = None) -> tuple[GridModel, dict[str, Any]]:
     """The model of a checkpoint written by ``python -m diffatlas.train`` or by ``compare`` (DiffAtlas, ICF or
-    ICMD: the stored ``method``; a checkpoint without one is DiffAtlas's), and its stored config. ICMD samples
+    ICMD: the stored ``method``; a checkpoint without one is DiffAtlas's), and its stored config with the
+    checkpoint's localiser atlases under ``localiser`` (``diffatlas.localise``; empty when it has none). ICMD samples
     with the plan of ``sampler_cfg`` and the seed of ``inference``; ICF, a feedforward network, ignores both."""
     options = sampling_options(sampler_cfg, inference)
-    stored = load_checkpoint(path)["config"]
+    ckpt = load_checkpoint(path)
+    stored = {**ckpt["config"], "localiser": list(ckpt.get("localiser") or [])}
     method = stored.get("method", "DiffAtlas")
     if method == "DiffAtlas":
         if "structures" not in stored or "model" not in stored:
             raise ValueError(f"{path}: this checkpoint lacks structures or model, which the segmenter needs (a "
                              "checkpoint of python -m diffatlas.train or compare holds them)")
-        return DiffAtlasGridModel.from_checkpoint(path, sampler_cfg, device, inference)
+        model, _ = DiffAtlasGridModel.from_checkpoint(path, sampler_cfg, device, inference)
+        return model, stored
     if method not in (ICF.name, ICMD.name):
         raise ValueError(f"{path}: a {method} checkpoint; the segmenter takes DiffAtlas, ICF and ICMD checkpoints")
     for key, off in ONE_SAMPLE.items():
@@ -290,13 +294,18 @@ class Segmenter:
         model: the trained model on its grid (``DiffAtlasGridModel``, ``BaselineGridModel``).
         preparation: how the training data was made (``modality``, ``intensity``, ``crop``).
         roi: ``auto``, ``box``, ``whole`` or ``label``.
-        roi_passes: coarse passes of ``roi=auto`` (>= 1).
+        roi_passes: coarse passes of ``roi=auto`` (>= 1): the first registers the localiser ``atlases`` to the
+            scan (or, without atlases, runs the model on the whole scan), each further one runs the model on the
+            crop found so far and re-centres the crop on its foreground.
         postprocess: ``Postprocessing``, or its config ``{largest_component: [...], fill_holes: [...]}``.
+        atlases: localiser atlases for ``roi=auto`` (``diffatlas.localise``; a checkpoint's ``localiser``).
     """
 
     def __init__(self, model: GridModel, preparation: Mapping[str, Any], *, roi: str = "auto", roi_passes: int = 2,
-                 postprocess: Postprocessing | Mapping[str, Any] | None = None):
+                 postprocess: Postprocessing | Mapping[str, Any] | None = None,
+                 atlases: Sequence[LocaliserAtlas] = ()):
         self.model = model
+        self.atlases = list(atlases)
         self.roi = parse_option(Roi, roi, "roi").value
         if int(roi_passes) < 1:
             raise ValueError(f"roi_passes must be >= 1, got {roi_passes}")
@@ -334,7 +343,9 @@ class Segmenter:
             raise TypeError(f"unknown sampling settings {unknown}; allowed: {', '.join(DiffAtlasSegmenter.CASE_KEYS)}")
         sampler_cfg = dict(DEFAULT_SAMPLER if sampler is None else sampler)
         model, stored = load_grid_model(path, sampler_cfg, resolve_device(device), sampling)
-        return cls(model, checkpoint_preparation(stored), roi=roi, roi_passes=roi_passes, postprocess=postprocess)
+        atlases = [LocaliserAtlas.from_record(record) for record in stored["localiser"]]
+        return cls(model, checkpoint_preparation(stored), roi=roi, roi_passes=roi_passes, postprocess=postprocess,
+                   atlases=atlases)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Segmenter":
@@ -352,7 +363,9 @@ class Segmenter:
 
     def describe(self) -> dict[str, Any]:
         """The settings that decide the label maps, for reports."""
+        localiser = f"{len(self.atlases)} registered atlases" if self.atlases else "the model's whole-scan pass"
         return {**self.model.describe(), "roi": self.roi, "roi_passes": self.roi_passes,
+                **({"localiser": localiser} if self.roi == Roi.AUTO.value else {}),
                 "postprocess": self.postprocess.describe()}
 
     def _crop(self, oriented: sitk.Image, foreground: np.ndarray | None) -> Grid:
@@ -392,7 +405,14 @@ class Segmenter:
                 raise ValueError(f"{case_id}: roi=box but no box was given (box_file has no entry for it)")
             return self._crop(oriented, _box_mask(scan, box, case_id, self.orientation))
         grid = self._crop(oriented, None)
-        for npass in range(self.roi_passes):
+        first = 0
+        if self.atlases:
+            mask = locate(oriented, self.atlases, case_id=case_id)
+            if mask is None:
+                log.warning("%s: no localiser atlas found the heart; the model's whole-scan pass is used", case_id)
+            else:
+                grid, first = self._crop(oriented, mask), 1
+        for npass in range(first, self.roi_passes):
             labels, _ = self.model.segment_grid(self._on_grid(oriented, grid), case_id)
             mask = self._foreground_on(labels, grid, oriented)
             if mask is None:

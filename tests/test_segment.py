@@ -298,6 +298,7 @@ def test_test_command_scores_raw_scans_with_roi_auto_and_writes_the_qc_report_wi
                                                   "inference.postprocess.largest_component=all"]))
     summary = test(cfg, tmp_path / "run")
     assert summary["space"] == "native" and summary["sampler"]["roi"] == "auto"
+    assert summary["sampler"]["localiser"] == "2 registered atlases"   # the two training scans, from the checkpoint
     assert summary["sampler"]["postprocess"]["largest_component"] == ["RV", "Myo", "LV"]
     cases = json.loads((data / "splits" / "2shot.json").read_text())["test"]
     assert summary["num_cases"] == len(cases) == 2

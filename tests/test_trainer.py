@@ -46,6 +46,17 @@ def test_checkpoint_holds_plain_types_and_the_true_step(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents*"))
 
 
+def test_extras_are_stored_in_every_checkpoint_and_not_compared_on_resume(tmp_path):
+    trainer = _trainer(tmp_path, steps=2)
+    trainer.extras = {"localiser": [{"case": "a", "image": torch.ones(2, 2, 2)}]}
+    trainer.fit()
+    ckpt = load_checkpoint(tmp_path / LAST)
+    assert ckpt["localiser"][0]["case"] == "a" and torch.equal(ckpt["localiser"][0]["image"], torch.ones(2, 2, 2))
+    resumed = _trainer(tmp_path, steps=3)   # other extras (here none): resumes, and its checkpoints hold its own
+    resumed.fit()
+    assert resumed.step == 3 and "localiser" not in load_checkpoint(tmp_path / LAST)
+
+
 def test_missing_checkpoint_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="train first"):
         load_checkpoint(tmp_path / "none.pt")

@@ -143,6 +143,8 @@ class Trainer:
         device: where to train.
         augment: optional ``(batch (B, C, *spatial), generator) -> batch`` applied on ``device`` to every
             micro-batch after the flips, drawing from the same generator.
+        extras: more top-level entries (tensors and plain types) stored in every checkpoint as they are and not
+            compared on resume, e.g. ``localiser`` (``diffatlas.localise``).
 
     Under an initialised process group (see :mod:`diffatlas.training.distributed`) every process trains its
     own part of each batch and gradients are averaged by ``DistributedDataParallel``; rank 0 alone writes
@@ -152,7 +154,7 @@ class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, dataset: Dataset, out_dir: str | Path,
                  settings: TrainSettings, *, config: dict[str, Any] | None = None,
                  validate: Validator | None = None, device: str | torch.device = "cpu",
-                 augment: Augment | None = None):
+                 augment: Augment | None = None, extras: dict[str, Any] | None = None):
         if len(dataset) == 0:
             raise ValueError("the training set is empty: check the split file and the data folder")
         self.device = torch.device(device)
@@ -162,6 +164,7 @@ class Trainer:
         self.augment = augment
         self.out_dir = Path(out_dir)
         self.config = config or {}
+        self.extras = dict(extras or {})
         self.validate = validate
         self.data = torch.stack([dataset[i] for i in range(len(dataset))]).to(self.device)
         self.memory_format = _memory_format(self.data.ndim) if settings.channels_last else torch.contiguous_format
@@ -201,6 +204,7 @@ class Trainer:
             "generator": self.seed_stream.get_state(),
             "settings": asdict(self.s) | {"flip_axes": list(self.s.flip_axes)},
             "config": self.config,
+            **self.extras,
         }
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
