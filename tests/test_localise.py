@@ -7,7 +7,7 @@ import torch
 
 from diffatlas.data import geometry
 from diffatlas.data.geometry import Grid
-from diffatlas.localise import LocaliserAtlas, locate, make_atlas
+from diffatlas.localise import AtlasLevel, LocaliserAtlas, locate, make_atlas
 
 SPACING = (1.5, 1.5, 4.0)
 
@@ -56,16 +56,21 @@ def test_an_atlas_survives_a_checkpoint(tmp_path):
     atlas = make_atlas("atlas1", _image(image), _image(label))
     torch.save({"localiser": [atlas.to_record()]}, tmp_path / "c.pt")
     back = LocaliserAtlas.from_record(torch.load(tmp_path / "c.pt", weights_only=True)["localiser"][0])
-    assert back.case == "atlas1" and back.grid == atlas.grid
-    assert np.array_equal(back.image, atlas.image) and np.array_equal(back.mask, atlas.mask)
-    # the coarse grid is a cube over the scan's largest extent (56 x 1.5 mm = 84 mm)
-    assert back.grid.size == (48, 48, 48) and np.allclose(back.grid.spacing, 84.0 / 48)
+    assert back.case == "atlas1"
+    for mine, theirs in ((back.whole, atlas.whole), (back.local, atlas.local)):
+        assert mine.grid == theirs.grid
+        assert np.array_equal(mine.image, theirs.image) and np.array_equal(mine.mask, theirs.mask)
+    # the coarse grid is a cube over the scan's largest extent (56 x 1.5 mm = 84 mm); the local one covers the
+    # heart's box (its largest side: 8 slices of 4 mm) plus 30 mm on each side
+    assert back.whole.grid.size == (48, 48, 48) and np.allclose(back.whole.grid.spacing, 84.0 / 48)
+    assert np.allclose(back.local.grid.spacing, (32.0 + 60.0) / 48, atol=0.1)
 
 
 def test_no_heart_is_none_not_a_guess():
     image, label = _torso((0, 0), seed=1)
     atlas = make_atlas("atlas1", _image(image), _image(label))
-    empty = LocaliserAtlas("empty", atlas.image, np.zeros_like(atlas.mask), atlas.grid)
+    blank = AtlasLevel(atlas.whole.image, np.zeros_like(atlas.whole.mask), atlas.whole.grid)
+    empty = LocaliserAtlas("empty", blank, atlas.local)
     assert locate(_image(image), [empty]) is None
     assert locate(_image(image), []) is None
 
