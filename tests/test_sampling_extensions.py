@@ -233,7 +233,7 @@ def test_the_inference_group_holds_every_per_case_setting_and_reaches_the_sample
     assert default["postprocess"] == {"largest_component": [], "fill_holes": []}
     segment = OmegaConf.load(ROOT / "configs" / "inference" / "segment.yaml")
     assert list(segment.defaults) == ["default", "_self_"] and segment.roi == "auto" and segment.box_file is None
-    assert segment.postprocess.largest_component == "all"
+    assert "postprocess" not in segment   # none by default, as in `default` (measured: README)
     plan = make_plan("ddim", T, num_steps=3)
     options = sampling_options({"plan": "ddim", "num_steps": 3},
                                {**default, "seed": 4, "ensemble_size": 2, "fusion": "vote", "uncertainty": "entropy",
