@@ -2,11 +2,12 @@
 
 A checkpoint trained on data prepared from raw scans keeps a few *localiser atlases*: each training case's whole
 scan, turned to the training axes and resampled onto a coarse cube grid (``ATLAS_SHAPE`` voxels over the scan's
-largest extent), with the foreground of its reference label on that grid. To find the heart in a new scan
-(``roi=auto``), the scan is put on such a grid too, each atlas is registered to it (an affine transform started
-with the two grids' centres aligned, Mattes mutual information, both images masked to where they hold data) and its foreground
-is mapped across. The voxels that at least half of the atlases call foreground (or, when none do, any one) are the
-heart; its box plus the training margin is the crop, which the model then refines (``roi_passes``).
+largest extent), and the region around its heart (the label's box plus ``LOCAL_MARGIN_MM``) on a grid of the same
+size, each with the label's foreground. To find the heart in a new scan (``roi=auto``), each atlas is registered to
+it twice (affine, Mattes mutual information, both images masked to where they hold data): the whole scans, from
+their grids' centres aligned, then the heart regions, from the first result. The voxels that at least half of the
+atlases call foreground (or, when none do, any one) are the heart; its box plus the training margin is the crop,
+which the model may then re-centre (``roi_passes``).
 
 A generative atlas only knows hearts at the scale and place it was trained on: run on a whole scan shrunk onto its
 grid it draws a heart of the training size wherever it likes, so its own coarse pass is kept only for checkpoints
