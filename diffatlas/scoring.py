@@ -51,8 +51,8 @@ class ScoreSheet:
                   info.get("source_image"), self.data.root / str(info["label"]) if info.get("label") else None]
         return check_not_input(path, inputs)
 
-    def add(self, case: CaseData, label: np.ndarray, seconds: float) -> None:
-        """Write and score the prediction ``label`` ``(X, Y, Z)`` of ``case``."""
+    def add(self, case: CaseData, label: np.ndarray, seconds: float) -> CaseResult:
+        """Write and score the prediction ``label`` ``(X, Y, Z)`` of ``case``; returns its prepared-grid scores."""
         write_volume(self.prediction_path(case), label, case.affine)
         metrics = evaluate_case(label, case.label, self.data.structures, case.spacing_mm, self.tolerance_mm)
         self.results.append(CaseResult(case.case, metrics, seconds))
@@ -60,6 +60,7 @@ class ScoreSheet:
             native_path = self.prediction_path(case, folder=self.run_dir / NATIVE_PREDICTIONS)
             self.native_results.append(_score_native(label, self.data, case.case, self.natives[case.case],
                                                      self.tolerance_mm, native_path, seconds))
+        return self.results[-1]
 
     def add_failure(self, case: CaseData, reason: str, seconds: float) -> None:
         """Record that the method produced no segmentation of ``case``: scored as an empty prediction (nothing is

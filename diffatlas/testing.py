@@ -64,14 +64,14 @@ def test(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
         labels = np.stack([postprocess(label) for label in fused])
         seconds = (time.perf_counter() - t0) / len(chunk)
         for n, (case, label) in enumerate(zip(chunk, labels)):
-            scores.add(case, label, seconds)
+            scored = scores.add(case, label, seconds)
             uncertainty = None if spread is None else spread[n]
             if uncertainty is not None:
                 write_volume(scores.prediction_path(case, "_uncertainty.nii.gz"), uncertainty, case.affine)
             images = qc.render_case(run_dir / "qc", case.case, case.image, label, len(data.structures), uncertainty)
             views.append(qc.CaseQC(case.case, [f"qc/{name}" for name in images],
                                    qc.label_volumes_ml(label, case.spacing_mm, data.structures),
-                                   scores.results[-1].metrics, seconds=seconds))
+                                   scored.metrics, seconds=seconds))
     sampler_info = {**model.describe(), "roi": "label", "postprocess": postprocess.describe()}
     summary = scores.finish("DiffAtlas", split.get("name", Path(cfg["split"]["file"]).stem), sampler_info)
     qc.write_volumes(run_dir / qc.VOLUMES, views, data.structures)
