@@ -155,7 +155,7 @@ def main() -> None:
                        "overrides": TRAIN_VARIANTS[variant] + args.override, "sampler_cfg": sampler,
                        "inference_cfg": inference}
                 rows.append(row)
-                with open(out / "results.jsonl", "a") as f:
+                with open(out / "results.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 log.info("%s seed %d %s: Dice %.2f NSD %.2f", variant, seed, name, dice, nsd)
     print("| variant | seed | sampler | Dice (%) | NSD (%) | train (s) | sampling (s/case) |")

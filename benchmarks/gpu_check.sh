@@ -81,11 +81,11 @@ import torch
 
 out, steps, killed_at, train_s, total_s = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *map(int, sys.argv[4:])
 ckpt = torch.load(out / "model" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
-resumed_log = (out / "train_resumed.log").read_text()
+resumed_log = (out / "train_resumed.log").read_text(encoding="utf-8")
 resumed = re.search(r"resumed from .* at step (\d+)", resumed_log)
 rates = re.findall(r"step (\d+)/\d+: loss ([0-9.]+), ([0-9.]+) s/step", resumed_log)
-bench = json.loads((out / "trainer.json").read_text())
-summary = json.loads((out / "test" / "summary.json").read_text())
+bench = json.loads((out / "trainer.json").read_text(encoding="utf-8"))
+summary = json.loads((out / "test" / "summary.json").read_text(encoding="utf-8"))
 rows = [("machine", bench["machine"])]
 for r in bench["rows"]:
     rows.append((f"trainer / network step, {r['model']} {r['grid']}^3, {r['batch']} x {r['grad_accum']}, {r['variant']}",

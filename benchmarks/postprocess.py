@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = PreparedData(args.data)
-    with open(args.run_dir / "per_case.csv") as handle:
+    with open(args.run_dir / "per_case.csv", encoding="utf-8") as handle:
         cases = sorted({row["case"] for row in csv.DictReader(handle)})
     names = list(data.structures)
     scores = {v: {n: {"dice": [], "nsd": []} for n in names} for v in VARIANTS}

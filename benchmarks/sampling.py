@@ -208,7 +208,7 @@ def main() -> None:
             rows[name] = zbench.run(name, zbench.segmenter(ddim10, guidance_scale=scale))
 
     records = [r.record() for r in rows.values()]
-    (out / "sampling.json").write_text(json.dumps(records, indent=2) + "\n")
+    (out / "sampling.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     print(f"{len(cases)} test cases of {data.name} at {'x'.join(map(str, data.shape))}, checkpoint {checkpoint}, "
           f"{args.threads} thread(s)")
     print("| plan | network evaluations | Dice (%) | NSD (%) | seconds per case |")

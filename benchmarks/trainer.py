@@ -202,7 +202,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - start:.0f} s")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": where, "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": where, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"rows written to {out}")
 
 

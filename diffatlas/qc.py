@@ -141,7 +141,7 @@ def label_volumes_ml(labels: np.ndarray, spacing_mm: Sequence[float], structures
 
 def write_volumes(path: str | Path, cases: Sequence[CaseQC], structures: Sequence[str]) -> None:
     """``volumes.csv``: one row per segmented case, one column per structure (ml)."""
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", *[f"{name}_ml" for name in structures]])
         for qc in cases:
@@ -203,5 +203,5 @@ def write_report(out_dir: str | Path, cases: Sequence[CaseQC], structures: Seque
     parts.append("</body></html>")
     path = out_dir / REPORT
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts) + "\n")
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return path

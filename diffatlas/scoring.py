@@ -105,6 +105,6 @@ def write_comparison(run_dir: Path, summaries: list[dict[str, Any]]) -> str:
     if all(s.get("native") for s in summaries):
         table += "\n" + format_comparison_table([s["native"] for s in summaries])
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "table.md").write_text(table)
-    (run_dir / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    (run_dir / "table.md").write_text(table, encoding="utf-8")
+    (run_dir / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
     return table

@@ -31,18 +31,18 @@ def test_compare_writes_the_paper_table(tmp_path):
                 f"checkpoint_dir={tmp_path}/diffatlas", f"baselines.icf.out_dir={tmp_path}/icf", *FAST_RBA,
                 *TINY_ICF, *TINY_ICMD, f"baselines.icmd.out_dir={tmp_path}/icmd", "inference.seed=3",
                 "inference.postprocess.largest_component=all", f"hydra.run.dir={run_dir}")
-    table = (run_dir / "table.md").read_text()
+    table = (run_dir / "table.md").read_text(encoding="utf-8")
     assert table.strip() in done.stdout
     rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines() if line.startswith("| (")]
     assert rows == ["(a) ICF", "(b) RBA", "(c) ICMD", "(d) DiffAtlas"]
     assert "Myo Dice" in table and "Average NSD" in table
-    summaries = json.loads((run_dir / "summary.json").read_text())
+    summaries = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert [s["method"] for s in summaries] == rows
     assert all(s["num_cases"] == 2 and s["sampler"]["train_cases"] == 2 for s in summaries)
     assert all(s["sampler"]["postprocess"]["largest_component"] == ["Myo", "LV", "LA", "RA", "RV"] for s in summaries)
     assert summaries[3]["sampler"]["seed"] == 3 and summaries[3]["sampler"]["plan"] == "ddim2"
     for key in ("icf", "rba", "icmd", "diffatlas"):
-        assert json.loads((run_dir / key / "summary.json").read_text())["method"] in rows
+        assert json.loads((run_dir / key / "summary.json").read_text(encoding="utf-8"))["method"] in rows
         pred = nib.load(run_dir / key / "predictions" / "ct_test_0002.nii.gz")
         image = nib.load(data / "images" / "ct_test_0002.nii.gz")
         assert np.allclose(pred.affine, image.affine) and pred.shape == (16, 16, 16)
@@ -56,7 +56,7 @@ def test_compare_writes_the_paper_table(tmp_path):
         assert written.shape == raw.shape and np.allclose(written.affine, raw.affine, atol=1e-4)
         assert 0 <= np.asarray(written.dataobj).min() and np.asarray(written.dataobj).max() <= 5
     # RBA with the two training phantoms as atlases segments something
-    assert json.loads((run_dir / "rba" / "summary.json").read_text())["mean"]["dice"] > 0.2
+    assert json.loads((run_dir / "rba" / "summary.json").read_text(encoding="utf-8"))["mean"]["dice"] > 0.2
 
 
 def test_compare_explains_bad_input(tmp_path):
@@ -84,7 +84,7 @@ def test_zero_shot_compare_fits_on_one_dataset_and_scores_another(tmp_path):
                 "training.batch_size=2", "sampler.num_steps=2", "device=cpu", f"checkpoint_dir={tmp_path}/d",
                 *FAST_RBA, f"hydra.run.dir={run_dir}")
     assert "phantom_mr, zeroshot split, 2 cases" in done.stdout
-    summaries = json.loads((run_dir / "summary.json").read_text())
+    summaries = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert [s["sampler"]["train_dataset"] for s in summaries] == ["phantom_ct", "phantom_ct"]
     assert all(s["dataset"] == "phantom_mr" and s["sampler"]["train_cases"] == 2 for s in summaries)
     done = _run("diffatlas.compare", "dataset=phantom_mr", f"dataset.root={mr}", f"split.file={zero}",

@@ -64,7 +64,7 @@ def test_read_volume_errors(tmp_path) -> None:
 
 
 def test_prepared_layout_and_affine(ct_root) -> None:
-    info = json.loads((ct_root / "dataset.json").read_text())
+    info = json.loads((ct_root / "dataset.json").read_text(encoding="utf-8"))
     assert info["cases"] == ["ct_0000", "ct_0001", "ct_0002"]
     assert info["structures"] == list(STRUCTURES) and info["shape"] == list(SHAPE)
     assert info["intensity"] == {"method": "ct_window", "window": [-250.0, 800.0]}
@@ -109,7 +109,7 @@ def test_joint_dataset(ct_root) -> None:
 def test_dataset_errors(tmp_path, ct_root) -> None:
     with pytest.raises(FileNotFoundError, match="diffatlas.prepare"):
         PreparedData(tmp_path)
-    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x", "modality": "ct"}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x", "modality": "ct"}), encoding="utf-8")
     with pytest.raises(ValueError, match="structures"):
         PreparedData(tmp_path)
     data = PreparedData(ct_root)
@@ -122,10 +122,10 @@ def test_dataset_errors(tmp_path, ct_root) -> None:
 def test_label_values_checked(tmp_path, ct_root) -> None:
     data = PreparedData(ct_root)
     case = data.load_case("ct_0000")
-    info = json.loads((ct_root / "dataset.json").read_text())
+    info = json.loads((ct_root / "dataset.json").read_text(encoding="utf-8"))
     info["structures"] = ["Myo", "LV"]
     info["cases"] = ["ct_0000"]
-    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    (tmp_path / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
     write_volume(tmp_path / "images" / "ct_0000.nii.gz", case.image, case.affine)
     write_volume(tmp_path / "labels" / "ct_0000.nii.gz", case.label, case.affine)
     with pytest.raises(ValueError, match="outside 0..2"):

@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_method_configs_leave_the_device_to_the_run():
     for path in sorted((CONFIGS / "method").glob("*.yaml")):
-        device = yaml.safe_load(path.read_text()).get("device", "auto")
+        device = yaml.safe_load(path.read_text(encoding="utf-8")).get("device", "auto")
         assert device == "auto", f"{path.name} fixes device: {device}"
 
 

@@ -114,7 +114,7 @@ def test_torchrun_trains_checkpoints_and_resumes_with_gloo(tmp_path):
     assert load_checkpoint(tmp_path / "model" / LAST)["step"] == 2
     second = _torchrun_train(tmp_path, data, 4, "second")
     assert load_checkpoint(tmp_path / "model" / LAST)["step"] == 4
-    log = (tmp_path / "second" / "train.log").read_text()  # rank 0's log; rank 1 writes none
+    log = (tmp_path / "second" / "train.log").read_text(encoding="utf-8")  # rank 0's log; rank 1 writes none
     assert "resumed from" in log and "at step 2" in log
     assert "effective batch 4 = batch 1 x accumulation 2 x 2 process(es)" in log
     assert "backend gloo" in log

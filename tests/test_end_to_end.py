@@ -28,7 +28,7 @@ def test_prepare_train_test(tmp_path):
     data, split = tmp_path / "phantom_ct", tmp_path / "split.json"
     _run("diffatlas.prepare", f"out_dir={data}", f"split_file={split}", "phantom.num_train=3",
          "phantom.num_test=2", "phantom.shape=[16,16,16]", "phantom.fov_mm=100", f"hydra.run.dir={tmp_path}/p")
-    assert json.loads(split.read_text())["test"] == ["ct_test_0003", "ct_test_0004"]
+    assert json.loads(split.read_text(encoding="utf-8"))["test"] == ["ct_test_0003", "ct_test_0004"]
     dataset = [f"dataset.root={data}", f"split.file={split}"]
     ckpt_dir = tmp_path / "model"
     _run("diffatlas.train", *dataset, *TINY_MODEL, f"checkpoint_dir={ckpt_dir}", "training.steps=3",
@@ -39,7 +39,7 @@ def test_prepare_train_test(tmp_path):
                 "sampler.num_steps=3", "inference.ensemble_size=2", "inference.seed=5", "device=cpu",
                 f"hydra.run.dir={run_dir}")
     assert "| Average |" in done.stdout and "Dice (%)" in done.stdout
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert summary["num_cases"] == 2 and summary["structures"] == ["Myo", "LV", "LA", "RA", "RV"]
     assert summary["sampler"]["plan"] == "ddim3" and summary["nsd_tolerance_mm"] == 2.0
     assert summary["sampler"]["network_evaluations"] == 6 and summary["sampler"]["uncertainty"] == "sdf_std"
@@ -47,8 +47,8 @@ def test_prepare_train_test(tmp_path):
         == {"seed": 5, "ensemble_size": 2, "fusion": "mean_sdf", "guidance_scale": 0.0, "bf16": False, "roi": "label"}
     spread = nib.load(run_dir / "predictions" / "ct_test_0003_uncertainty.nii.gz")
     assert spread.shape == (16, 16, 16) and np.asarray(spread.dataobj).min() >= 0
-    assert (run_dir / "table.md").read_text().strip() in done.stdout
-    assert len((run_dir / "per_case.csv").read_text().strip().splitlines()) == 1 + 2 * 5
+    assert (run_dir / "table.md").read_text(encoding="utf-8").strip() in done.stdout
+    assert len((run_dir / "per_case.csv").read_text(encoding="utf-8").strip().splitlines()) == 1 + 2 * 5
     pred = nib.load(run_dir / "predictions" / "ct_test_0003.nii.gz")
     image = nib.load(data / "images" / "ct_test_0003.nii.gz")
     assert np.allclose(pred.affine, image.affine) and pred.shape == image.shape
@@ -79,7 +79,7 @@ def test_nnunet_raw_to_native_scores(tmp_path):
          f"hydra.run.dir={tmp_path}/p")
     assert (data / "preparation_report.md").is_file()
     _run("diffatlas.splits", "dataset=acdc_ed", f"dataset.root={data}", f"hydra.run.dir={tmp_path}/s")
-    assert json.loads((data / "splits" / "2shot.json").read_text())["train"].__len__() == 2
+    assert json.loads((data / "splits" / "2shot.json").read_text(encoding="utf-8"))["train"].__len__() == 2
     dataset = ["dataset=acdc_ed", f"dataset.root={data}", "split=2shot"]
     ckpt_dir = tmp_path / "model"
     _run("diffatlas.train", *dataset, *TINY_MODEL, f"checkpoint_dir={ckpt_dir}", "training.steps=2",
@@ -88,12 +88,12 @@ def test_nnunet_raw_to_native_scores(tmp_path):
     done = _run("diffatlas.test", *dataset, f"checkpoint={ckpt_dir}/checkpoint_last.pt", "sampler=ddim",
                 "sampler.num_steps=2", "device=cpu", f"hydra.run.dir={run_dir}")
     assert "scored on the native grid" in done.stdout and "scored on the prepared grid" in done.stdout
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert summary["space"] == "prepared grid" and summary["native"]["space"] == "native"
     assert summary["native"]["structures"] == ["RV", "Myo", "LV"] and summary["native"]["num_cases"] == 1
-    [case] = json.loads((data / "splits" / "2shot.json").read_text())["test"]
+    [case] = json.loads((data / "splits" / "2shot.json").read_text(encoding="utf-8"))["test"]
     pred = nib.load(run_dir / "predictions_native" / f"{case}.nii.gz")
     scan = nib.load(raw / "imagesTr" / f"{case}_0000.nii.gz")
     assert pred.shape == scan.shape and np.allclose(pred.affine, scan.affine, atol=1e-4)
-    rows = (run_dir / "per_case.csv").read_text().strip().splitlines()
+    rows = (run_dir / "per_case.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(rows) == 1 + 2 * 3 and sum(",native," in row for row in rows) == 3

@@ -59,9 +59,9 @@ def phantom_root(tmp_path):
 
 @pytest.mark.parametrize("case", ["/tmp/elsewhere/y", "../../../x"])
 def test_dataset_json_with_an_escaping_case_is_refused(phantom_root, case):
-    info = json.loads((phantom_root / "dataset.json").read_text())
+    info = json.loads((phantom_root / "dataset.json").read_text(encoding="utf-8"))
     info["cases"].append(case)
-    (phantom_root / "dataset.json").write_text(json.dumps(info))
+    (phantom_root / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
     with pytest.raises(ValueError, match=r"dataset.json: case id .* plain file-name stem"):
         PreparedData(phantom_root)
 
@@ -69,7 +69,7 @@ def test_dataset_json_with_an_escaping_case_is_refused(phantom_root, case):
 @pytest.mark.parametrize("case", ["/tmp/elsewhere/y", "../../../x"])
 def test_split_with_an_escaping_case_is_refused(tmp_path, case):
     path = tmp_path / "split.json"
-    path.write_text(json.dumps({"name": "s", "dataset": "d", "train": ["ct_0000"], "test": [case]}))
+    path.write_text(json.dumps({"name": "s", "dataset": "d", "train": ["ct_0000"], "test": [case]}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"split.json \('test'\): case id"):
         load_split(path)
 
@@ -102,8 +102,8 @@ def test_raw_folders_with_bad_names_skip_those_cases(tmp_path):
 def test_nnunet_file_ending_must_be_an_image_suffix(tmp_path):
     raw = tmp_path / "raw"
     write_nnunet(raw, cases=("pat_a",))
-    info = json.loads((raw / "dataset.json").read_text())
-    (raw / "dataset.json").write_text(json.dumps(info | {"file_ending": "/../../x.nii.gz"}))
+    info = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
+    (raw / "dataset.json").write_text(json.dumps(info | {"file_ending": "/../../x.nii.gz"}), encoding="utf-8")
     with pytest.raises(ValueError, match="'file_ending' must be one of"):
         sources.nnunet_cases(raw)
 
@@ -117,7 +117,7 @@ def test_nnunet_file_ending_must_be_an_image_suffix(tmp_path):
 def test_nnunet_label_types(tmp_path, labels, message):
     raw = tmp_path / "raw"
     write_nnunet(raw, cases=("pat_a",))
-    (raw / "dataset.json").write_text(json.dumps({"labels": labels}))
+    (raw / "dataset.json").write_text(json.dumps({"labels": labels}), encoding="utf-8")
     if message is None:
         assert sources.nnunet_labels(raw) == {"RV": 1, "Myo": 2}
     else:
@@ -183,8 +183,8 @@ def test_preparation_skips_each_bad_case_with_a_reason(tmp_path):
     assert reasons["flat"] == "the image flat_0000.nii.gz is 2D (size [48, 44, 1]), expected a 3D volume"
     assert reasons["constant"] == "the image constant_0000.nii.gz is constant (every voxel 7)"
     assert reasons["no_label"] == "no label labelsTr/no_label.nii.gz"
-    assert json.loads((out / "dataset.json").read_text())["cases"] == ["good_a", "good_b"]
-    assert json.loads((out / REPORT_JSON).read_text())["skipped"] == report["skipped"]
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["cases"] == ["good_a", "good_b"]
+    assert json.loads((out / REPORT_JSON).read_text(encoding="utf-8"))["skipped"] == report["skipped"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["good_a.nii.gz", "good_b.nii.gz"]
     assert not list(out.glob(f"{STAGING_PREFIX}*"))
 
@@ -400,10 +400,10 @@ def test_a_second_run_into_a_locked_folder_stops(tmp_path):
 
 def test_a_stale_lock_is_taken_over_and_released(tmp_path, caplog):
     pid = _finished_pid()
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": os.uname().nodename}) + "\n")
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": os.uname().nodename}) + "\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="diffatlas.training"):
         with RunLock(tmp_path) as lock:
-            assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+            assert json.loads(lock.path.read_text(encoding="utf-8"))["pid"] == os.getpid()
     assert f"taking over the stale lock {tmp_path / LOCK_NAME} (pid {pid} is no longer running)" in caplog.text
     assert not (tmp_path / LOCK_NAME).exists()
 
@@ -455,9 +455,9 @@ def test_test_run_with_an_absolute_case_id_stops_before_touching_it(tmp_path, ph
     victim.parent.mkdir()
     shutil.copy(phantom_root / "images" / "ct_0000.nii.gz", victim)
     before = victim.read_bytes()
-    info = json.loads((phantom_root / "dataset.json").read_text())
+    info = json.loads((phantom_root / "dataset.json").read_text(encoding="utf-8"))
     info["cases"].append(str(victim)[: -len(".nii.gz")])
-    (phantom_root / "dataset.json").write_text(json.dumps(info))
+    (phantom_root / "dataset.json").write_text(json.dumps(info), encoding="utf-8")
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"name": "s", "dataset": "d", "train": ["ct_0000"], "test": [info["cases"][-1]]}))
     done = _run("diffatlas.test", f"dataset.root={phantom_root}", f"split.file={split}", "device=cpu",
@@ -515,16 +515,16 @@ def test_a_method_failing_on_one_case_is_recorded_and_the_comparison_goes_on(tmp
     log = done.stdout + done.stderr
     assert "RBA ct_0002: affine registration of atlas ct_0000 failed (Exception thrown in SimpleITK " in log
     assert "retrying with every voxel sampled and a moments-centred start" in log
-    summary = json.loads((run_dir / "rba" / "summary.json").read_text())
+    summary = json.loads((run_dir / "rba" / "summary.json").read_text(encoding="utf-8"))
     assert summary["num_cases"] == 2 and list(summary["failed_cases"]) == ["ct_0003"]
     reason = summary["failed_cases"]["ct_0003"]
     assert reason.startswith("RuntimeError: RBA ct_0003: affine registration of atlas ct_0000 failed, also with "
                              "every voxel sampled and a moments-centred start: Exception thrown in SimpleITK")
     assert "\n" not in reason and "ITK ERROR" in reason
-    table = (run_dir / "table.md").read_text()
+    table = (run_dir / "table.md").read_text(encoding="utf-8")
     assert "phantom_ct, 2shot split, 2 cases" in table and "| (b) RBA (1 of 2 cases failed) |" in table
     assert f"- ct_0003: {reason}" in table and table.strip() in done.stdout
-    rows = (run_dir / "rba" / "per_case.csv").read_text().splitlines()
+    rows = (run_dir / "rba" / "per_case.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0].endswith(",seconds,failed") and len(rows) == 1 + 2 * 5
     assert all(row.split(",")[3] == "0.0" for row in rows if row.startswith("ct_0003"))
     assert not (run_dir / "rba" / "predictions" / "ct_0003.nii.gz").exists()

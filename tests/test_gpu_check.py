@@ -22,7 +22,7 @@ def test_quick_gpu_check_kills_resumes_and_summarises_on_the_cpu(tmp_path):
     assert "| final checkpoint step | 20 |" in summary
     assert "trainer / network step, unet_small 16^3" in summary
     assert summary.rstrip().endswith("gpu_check: passed")
-    assert "resumed from" not in (out / "train_first.log").read_text()
-    scores = json.loads((out / "test" / "summary.json").read_text())
+    assert "resumed from" not in (out / "train_first.log").read_text(encoding="utf-8")
+    scores = json.loads((out / "test" / "summary.json").read_text(encoding="utf-8"))
     assert scores["sampler"]["plan"] == "ddim50" and scores["num_cases"] == 2
-    assert json.loads((out / "trainer.json").read_text())["rows"][0]["ratio"] > 0
+    assert json.loads((out / "trainer.json").read_text(encoding="utf-8"))["rows"][0]["ratio"] > 0

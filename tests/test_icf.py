@@ -78,7 +78,7 @@ def test_errors(data: PreparedData, tmp_path: Path) -> None:
 
 
 def test_config_file_builds_the_method(tmp_path: Path) -> None:
-    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "method" / "icf.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "method" / "icf.yaml").read_text(encoding="utf-8"))
     assert config.pop("_target_") == "diffatlas.methods.icf.ICF"
     config["out_dir"] = tmp_path
     icf = ICF(**config)

@@ -259,7 +259,8 @@ def test_predictor_corrector_samples_a_gaussian_with_its_exact_score(mode: str, 
 
 
 def test_config_builds_the_method(tmp_path: Path) -> None:
-    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "method" / "icmd.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "method" / "icmd.yaml").read_text(
+        encoding="utf-8"))
     assert config.pop("_target_") == "diffatlas.methods.icmd.ICMD"
     # the SDF settings follow the dataset config (interpolations resolved by Hydra in the main config)
     assert config["sdf_clip"] == "${dataset.sdf_clip}" and config["sdf_scale_vox"] == "${dataset.sdf_scale_vox}"

@@ -92,8 +92,9 @@ def test_volumes_csv_and_report_list_every_case(tmp_path):
                         "RV": {"dice": float("nan"), "nsd": float("nan")}}, seconds=1.5),
              qc.CaseQC("bad<1>", error="cannot read the scan")]
     qc.write_volumes(tmp_path / qc.VOLUMES, cases, NAMES)
-    assert (tmp_path / qc.VOLUMES).read_text().splitlines() == ["case,Myo_ml,LV_ml,RV_ml", "c1,12.500,3.250,0.000"]
-    page = qc.write_report(tmp_path, cases, NAMES, "run", {"roi": "auto"}).read_text()
+    assert (tmp_path / qc.VOLUMES).read_text(
+        encoding="utf-8").splitlines() == ["case,Myo_ml,LV_ml,RV_ml", "c1,12.500,3.250,0.000"]
+    page = qc.write_report(tmp_path, cases, NAMES, "run", {"roi": "auto"}).read_text(encoding="utf-8")
     assert "1 of 2 cases segmented" in page and "bad&lt;1&gt;" in page and "failed: cannot read the scan" in page
     assert re.findall(r"<img src='([^']+)'", page) == names
     assert "<td>81.2</td><td>50.0</td>" in page and "roi: auto" in page

@@ -51,7 +51,7 @@ def test_mmwhs_codes_headers_report_and_native_record(tmp_path):
     notes = report["kept"][1]["notes"]
     assert len(notes) == 1 and "float noise" in notes[0] and "origin" in notes[0] and "resampled" in notes[0]
     assert report["kept"][0]["notes"] == []
-    markdown = (out / prepare.REPORT_MD).read_text()
+    markdown = (out / prepare.REPORT_MD).read_text(encoding="utf-8")
     assert "ct_train_1003: label header differs from the image's: spacing" in markdown
     assert "float noise" in markdown
 
@@ -118,7 +118,7 @@ def test_totalsegmentator_subjects_and_skips(tmp_path):
     assert set(reasons) == {"s0002", "s0003"}
     assert "no heart chamber files" in reasons["s0002"] and "heart.nii.gz" in reasons["s0002"]
     assert reasons["s0003"] == "missing heart_atrium_left.nii.gz"
-    assert "s0002" in (out / prepare.REPORT_MD).read_text()
+    assert "s0002" in (out / prepare.REPORT_MD).read_text(encoding="utf-8")
     label = PreparedData(out).load_case("s0001").label
     assert sorted(np.unique(label).tolist()) == [0, 1, 2, 3, 4, 5]
     # per-structure files in the paper's order: the first box (heart_myocardium) is label 1, lowest along x
@@ -134,7 +134,7 @@ def test_a_case_without_any_structure_is_skipped_and_an_all_skipped_dataset_fail
     cases, skipped = sources.find_cases("mmwhs", raw, modality="ct")
     with pytest.raises(ValueError, match="no case of mmwhs_ct could be prepared .*no voxel of any structure"):
         prepare.prepare_dataset(cases, skipped, tmp_path / "out", name="mmwhs_ct", settings=_settings())
-    assert "no voxel of any structure" in (tmp_path / "out" / prepare.REPORT_MD).read_text()
+    assert "no voxel of any structure" in (tmp_path / "out" / prepare.REPORT_MD).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("crop", [dict(mode="whole"), dict(mode="center", size_mm=[60.0, 60.0, 60.0]),
@@ -171,7 +171,7 @@ def test_label_free_crops_do_not_depend_on_the_label(tmp_path, crop):
 def test_box_crop_without_an_entry_for_a_case_skips_it(tmp_path):
     raw = tmp_path / "raw"
     _nnunet(raw)
-    (tmp_path / "boxes.json").write_text(json.dumps({"pat_a": [[4, 40], [6, 30], [2, 4]]}))
+    (tmp_path / "boxes.json").write_text(json.dumps({"pat_a": [[4, 40], [6, 30], [2, 4]]}), encoding="utf-8")
     cfg = {"source": {"kind": "nnunet", "name": "n", "modality": "mr", "structures": ["LV", "RV"],
                       "intensity": None, "require_all_structures": True},
            "raw_dir": str(raw), "out_dir": str(tmp_path / "out"), "name": "n", "shape": [16, 16, 16],

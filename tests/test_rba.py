@@ -239,7 +239,7 @@ def test_nmi_bounds() -> None:
 
 
 def test_config_file_builds_the_method() -> None:
-    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "method" / "rba.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "method" / "rba.yaml").read_text(encoding="utf-8"))
     assert config.pop("_target_") == "diffatlas.methods.rba.RBA"
     rba = RBA(**config)
     assert (rba.metric, rba.deformable, rba.fusion) == ("mattes_mi", "bspline", "majority")

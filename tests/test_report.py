@@ -118,8 +118,8 @@ def test_write_reports(results: list[CaseResult], tmp_path: Path) -> None:
     assert rows[0] == {"case": "a", "structure": "Myo", "space": "grid", "dice": "0.9", "nsd": "0.6", "hd95": "2.0", "seconds": "10.0",
                        "failed": ""}
     assert math.isnan(float(rows[-1]["dice"]))
-    assert json.loads(paths["summary"].read_text()) == summary
-    assert paths["table"].read_text() == format_table(summary)
+    assert json.loads(paths["summary"].read_text(encoding="utf-8")) == summary
+    assert paths["table"].read_text(encoding="utf-8") == format_table(summary)
     assert sorted(p.name for p in run_dir.iterdir()) == ["per_case.csv", "summary.json", "table.md"]
 
 
@@ -149,10 +149,10 @@ def test_native_scores_are_reported_beside_grid_scores(results: list[CaseResult]
     summary["native"] = summarize(native_results, STRUCTURES, method="DiffAtlas", dataset="MM-WHS CT",
                                   split="test", tolerance_mm=2.0, sampler={}, space="native")
     paths = write_reports(tmp_path, results, summary, native_results)
-    table = paths["table"].read_text()
+    table = paths["table"].read_text(encoding="utf-8")
     assert "scored on the prepared grid" in table and "scored on the native grid" in table
     assert table.strip().endswith("| Average | 50.00 | 25.00 |")
     with paths["per_case"].open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["space"] for row in rows].count("native") == len(results) * len(STRUCTURES)
-    assert json.loads(paths["summary"].read_text())["native"]["mean"]["dice"] == pytest.approx(0.5)
+    assert json.loads(paths["summary"].read_text(encoding="utf-8"))["native"]["mean"]["dice"] == pytest.approx(0.5)

@@ -27,7 +27,7 @@ def _run(script: Path, tmp_path: Path, *args: str, **env_vars: str) -> tuple[sub
     record = tmp_path / "calls"
     record.unlink(missing_ok=True)
     fake = tmp_path / "fake_python"
-    fake.write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" >> {record}\necho >> {record}\n")
+    fake.write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" >> {record}\necho >> {record}\n", encoding="utf-8")
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATA_ROOT", "CHECKPOINT", "CHECKPOINT_DIR", "ACDC_RAW", "DIFFATLAS_DATA")}
@@ -36,13 +36,13 @@ def _run(script: Path, tmp_path: Path, *args: str, **env_vars: str) -> tuple[sub
                           timeout=60)
     calls = []
     if record.exists():
-        calls = [chunk.split("\0") for chunk in record.read_text().split("\0\n") if chunk]
+        calls = [chunk.split("\0") for chunk in record.read_text(encoding="utf-8").split("\0\n") if chunk]
     return done, calls
 
 
 def _fake_prepared(root: Path) -> None:
     root.mkdir(parents=True)
-    (root / "dataset.json").write_text(json.dumps({"cases": []}))
+    (root / "dataset.json").write_text(json.dumps({"cases": []}), encoding="utf-8")
 
 
 @pytest.mark.parametrize("script", SCRIPTS + [ROOT / "training_scripts" / "common.sh"], ids=lambda p: p.name)
@@ -52,14 +52,15 @@ def test_scripts_parse(script):
 
 
 def test_scripts_named_in_the_readme_exist():
-    named = set(re.findall(r"(?:training|testing)_scripts/[\w.-]+\.sh", (ROOT / "README.md").read_text()))
+    named = set(re.findall(r"(?:training|testing)_scripts/[\w.-]+\.sh", (ROOT / "README.md").read_text(
+        encoding="utf-8")))
     assert named, "the README names no scripts"
     assert [name for name in sorted(named) if not (ROOT / name).is_file()] == []
 
 
 def test_paper_scripts_name_existing_configs():
     for script in PAPER_SCRIPTS:
-        call = script.read_text().strip().splitlines()[-1].split()
+        call = script.read_text(encoding="utf-8").strip().splitlines()[-1].split()
         if call[0] == "compare_paper":
             experiment, dataset, *source = call[1:call.index("--")]
             assert (CONFIGS / "experiment" / f"{experiment}.yaml").is_file(), script.name

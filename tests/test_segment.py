@@ -204,11 +204,11 @@ def test_bad_settings_and_inputs_are_one_line_errors(checkpoint, scans, tmp_path
         seg.segment_file(scans[0])
     with pytest.raises(ValueError, match="a box is"):
         seg.segment_file(scans[0], box=[[0, 40], [0, 3], [0, 3]])
-    (tmp_path / "bad.mha").write_text("not an image")
+    (tmp_path / "bad.mha").write_text("not an image", encoding="utf-8")
     with pytest.raises(ValueError, match="cannot read the scan") as err:
         read_scan(tmp_path / "bad.mha")
     assert "\n" not in str(err.value)
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     with pytest.raises(ValueError, match="unsupported file type"):
         read_scan(tmp_path / "notes.txt")
     (tmp_path / "empty").mkdir()
@@ -259,9 +259,9 @@ def test_segment_command_on_a_folder_with_broken_inputs(checkpoint, scans, tmp_p
         assert written.shape == scan.shape
         np.testing.assert_allclose(written.affine, scan.affine, atol=1e-4)
         assert (out / "qc" / f"{name}_planes.png").is_file() and (out / "qc" / f"{name}_uncertainty.png").is_file()
-    rows = (out / "volumes.csv").read_text().splitlines()
+    rows = (out / "volumes.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "case,Myo_ml,LV_ml,LA_ml,RA_ml,RV_ml" and [r.split(",")[0] for r in rows[1:]] == ["ct_0003", "ct_0004"]
-    report = (out / "report.html").read_text()
+    report = (out / "report.html").read_text(encoding="utf-8")
     assert report.count("<img ") == 4 and "failed: " in report and "3 of 5" not in report and "2 of 5 cases" in report
 
 
@@ -300,13 +300,13 @@ def test_test_command_scores_raw_scans_with_roi_auto_and_writes_the_qc_report_wi
     assert summary["space"] == "native" and summary["sampler"]["roi"] == "auto"
     assert summary["sampler"]["localiser"] == "2 registered atlases"   # the two training scans, from the checkpoint
     assert summary["sampler"]["postprocess"]["largest_component"] == ["RV", "Myo", "LV"]
-    cases = json.loads((data / "splits" / "2shot.json").read_text())["test"]
+    cases = json.loads((data / "splits" / "2shot.json").read_text(encoding="utf-8"))["test"]
     assert summary["num_cases"] == len(cases) == 2
     for case in cases:
         pred = nib.load(str(tmp_path / "run" / "predictions_native" / f"{case}.nii.gz"))
         scan = nib.load(str(raw / "imagesTr" / f"{case}_0000.nii.gz"))
         assert pred.shape == scan.shape and np.allclose(pred.affine, scan.affine, atol=1e-4)
-    page = (tmp_path / "run" / "report.html").read_text()
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert all(f"qc/{case}_planes.png" in page for case in cases) and "Dice (%)" in page
 
     # The paper's protocol (roi=label) writes the same QC report, on the prepared grid.
@@ -315,7 +315,7 @@ def test_test_command_scores_raw_scans_with_roi_auto_and_writes_the_qc_report_wi
                                                   "sampler=ddim", "sampler.num_steps=2"]))
     summary = test(cfg, tmp_path / "run_label")
     assert summary["sampler"]["roi"] == "label"
-    page = (tmp_path / "run_label" / "report.html").read_text()
+    page = (tmp_path / "run_label" / "report.html").read_text(encoding="utf-8")
     assert all(f"qc/{case}_planes.png" in page for case in cases) and "Dice (%)" in page
     with open(tmp_path / "run_label" / "volumes.csv") as handle:
         volumes = {row["case"]: row for row in csv.DictReader(handle)}
@@ -335,7 +335,7 @@ def test_segment_scripts_pass_their_arguments(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     record, fake = tmp_path / "calls", tmp_path / "python"
-    fake.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" > {record}\n")
+    fake.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" > {record}\n", encoding="utf-8")
     fake.chmod(0o755)
     (tmp_path / "model.pt").write_bytes(b"")
     (tmp_path / "scans").mkdir()
@@ -344,7 +344,7 @@ def test_segment_scripts_pass_their_arguments(tmp_path):
     done = subprocess.run(["bash", script, "model.pt", "scans", "out", "inference.roi=whole"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert done.returncode == 0, done.stderr
-    assert record.read_text().splitlines() == [
+    assert record.read_text(encoding="utf-8").splitlines() == [
         "-m", "diffatlas.segment", f"checkpoint={tmp_path}/model.pt", f"input={tmp_path}/scans",
         f"output={tmp_path}/out", "sampler=ddim", "sampler.num_steps=10", "inference.roi=whole"]
     done = subprocess.run(["bash", script, "missing.pt", "scans", "out"], cwd=tmp_path, env=env,

@@ -102,8 +102,9 @@ def test_segment_command_function_writes_the_scan_geometry(method, checkpoints, 
     assert written.shape == raw.shape
     np.testing.assert_allclose(written.affine, raw.affine, atol=1e-4)
     assert np.asarray(written.dataobj).max() <= len(STRUCTURES)
-    assert method in (tmp_path / "out" / "report.html").read_text()
-    assert (tmp_path / "out" / "volumes.csv").read_text().startswith("case,Myo_ml,LV_ml,LA_ml,RA_ml,RV_ml")
+    assert method in (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert (tmp_path / "out" / "volumes.csv").read_text(
+        encoding="utf-8").startswith("case,Myo_ml,LV_ml,LA_ml,RA_ml,RV_ml")
 
 
 def test_checkpoints_lacking_what_the_segmenter_needs_are_one_line_errors(checkpoints, tmp_path):

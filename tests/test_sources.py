@@ -108,7 +108,7 @@ def test_totalsegmentator_structure_subset_and_errors(tmp_path):
 
 def _nnunet(root, labels, cases=("case_a", "case_b"), ending=".nii.gz", unlabelled=()):
     root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ending}))
+    (root / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ending}), encoding="utf-8")
     for case in cases:
         _touch(root / "imagesTr" / f"{case}_0000{ending}")
         if case not in unlabelled:
@@ -130,10 +130,10 @@ def test_nnunet_labels_reads_both_forms(tmp_path, labels):
 def test_nnunet_labels_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no dataset.json"):
         sources.nnunet_labels(tmp_path)
-    (tmp_path / "dataset.json").write_text("{not json")
+    (tmp_path / "dataset.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="is not valid JSON"):
         sources.nnunet_labels(tmp_path)
-    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x"}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x"}), encoding="utf-8")
     with pytest.raises(ValueError, match="'labels' must be an object"):
         sources.nnunet_labels(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "core": 2}}))

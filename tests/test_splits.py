@@ -56,7 +56,7 @@ def test_errors(tmp_path) -> None:
         make_split(["a", "a", "b"])
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_split(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text(json.dumps({"name": "n", "train": ["a"]}))
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "n", "train": ["a"]}), encoding="utf-8")
     with pytest.raises(ValueError, match="dataset"):
         load_split(tmp_path / "bad.json")
     (tmp_path / "overlap.json").write_text(json.dumps({"name": "n", "dataset": "d", "train": ["a"], "test": ["a"]}))
@@ -121,7 +121,7 @@ def test_committed_mmwhs_splits_are_the_standard_ones(tmp_path):
         written = write_standard_splits(cases, tmp_path / modality, f"mmwhs_{modality}", seed=0)
         for name, path in written.items():
             committed = ROOT / "data" / "splits" / f"mmwhs_{modality}" / f"{name}.json"
-            assert committed.read_text() == path.read_text(), committed
+            assert committed.read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), committed
     with pytest.raises(ValueError, match="modality"):
         mmwhs_cases("pet")
 

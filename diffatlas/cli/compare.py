@@ -20,7 +20,7 @@ def main() -> None:
 def run(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     run_or_explain(lambda: compare(to_plain(cfg), run_dir))
-    print((Path(run_dir) / "table.md").read_text())
+    print((Path(run_dir) / "table.md").read_text(encoding="utf-8"))
     print(f"results: {run_dir}")
 
 

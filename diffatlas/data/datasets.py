@@ -129,7 +129,7 @@ def save_dataset_info(root: str | Path, info: dict[str, Any]) -> None:
     validate_info(info, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -151,7 +151,7 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
 def read_json_object(path: str | Path) -> dict[str, Any]:
     """A JSON file that must hold an object; ``ValueError`` names the file when it is not valid JSON or no object."""
     try:
-        value = json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(value, dict):

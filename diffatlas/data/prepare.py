@@ -238,7 +238,7 @@ def prepare_case(raw: RawCase, out_dir: Path, settings: Settings) -> dict[str, A
     sitk.WriteImage(sitk.Cast(label_image, sitk.sitkUInt8), str(native_label_file), True)
     native = {"case": raw.case, "source_image": str(raw.image), "native_grid": native_grid.to_dict(),
               "prepared_grid": grid.to_dict(), "label": f"{NATIVE_DIR}/{native_label_file.name}"}
-    case_file(out_dir, NATIVE_DIR, raw.case, ".json").write_text(json.dumps(native, indent=1) + "\n")
+    case_file(out_dir, NATIVE_DIR, raw.case, ".json").write_text(json.dumps(native, indent=1) + "\n", encoding="utf-8")
     lost = [name for name, ml in _volumes_ml(prepared_label, structures, grid.spacing).items()
             if ml == 0.0 and native_volumes[name] > 0]
     if lost:
@@ -392,7 +392,7 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> None:
 
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -206,7 +206,7 @@ def save_split(split: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     split = _validate(split, "split")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(split, indent=2) + "\n")
+    path.write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
     sizes = [len(split[part]) for part in PARTS]
     overlap = "; train and test overlap" if split.get(OVERLAP_KEY) else ""
     logger.info("saved split %s (%d train, %d val, %d test%s) to %s", split["name"], *sizes, overlap, path)

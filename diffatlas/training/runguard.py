@@ -158,7 +158,7 @@ class RunLock:
 
     def _clear_stale(self) -> None:
         try:
-            owner = json.loads(self.path.read_text() or "{}")
+            owner = json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except (OSError, ValueError):
             owner = {}
         pid, host = owner.get("pid"), owner.get("host")
