@@ -5,9 +5,10 @@ scan, turned to the training axes and resampled onto a coarse cube grid (``ATLAS
 largest extent), and the region around its heart (the label's box plus ``LOCAL_MARGIN_MM``) on a grid of the same
 size, each with the label's foreground. To find the heart in a new scan (``roi=auto``), each atlas is registered to
 it twice (affine, Mattes mutual information, both images masked to where they hold data): the whole scans, from
-their grids' centres aligned, then the heart regions, from the first result. The voxels that at least half of the
-atlases call foreground (or, when none do, any one) are the heart; its box plus the training margin is the crop,
-which the model may then re-centre (``roi_passes``).
+their grids' centres aligned, then the heart regions, from the first result. Each fit is scored by the normalised
+cross-correlation of the registered atlas region with the scan; when even the best scores low (a registration
+caught on the wrong structure), the atlases are registered again from starts moved along each axis. The heart of
+the best-scoring fit, plus the training margin, is the crop, which the model may then re-centre (``roi_passes``).
 
 A generative atlas only knows hearts at the scale and place it was trained on: run on a whole scan shrunk onto its
 grid it draws a heart of the training size wherever it likes, so its own coarse pass is kept only for checkpoints
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 ATLAS_SHAPE = (48, 48, 48)
 LOCAL_MARGIN_MM = 30.0
 MAX_ATLASES = 5
+RETRY_BELOW = 0.35        # best fit's NCC under which the whole-scan registration is tried from further starts
+RETRY_SHIFT_MM = 30.0     # how far those starts move the atlas along each axis
 
 
 @dataclass(frozen=True)
@@ -136,15 +139,27 @@ def build_atlases(data: PreparedData, cases: Sequence[str], orientation: str,
     return records
 
 
-def _register(fixed: AtlasLevel, moving: AtlasLevel, seed: int, start: sitk.Transform | None) -> sitk.Transform:
+def _initial(fixed: AtlasLevel, moving: AtlasLevel, shift_mm: Sequence[float]) -> sitk.AffineTransform:
+    """The starting transform of the whole-scan registration: the grids' centres aligned, then the atlas moved by
+    ``shift_mm`` along the fixed grid's axes."""
+    start = sitk.AffineTransform(sitk.CenteredTransformInitializer(
+        geometry.from_array(fixed.image, fixed.grid), geometry.from_array(moving.image, moving.grid),
+        sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.GEOMETRY))
+    direction = np.asarray(fixed.grid.direction).reshape(3, 3)
+    start.SetTranslation(tuple(np.asarray(start.GetTranslation()) + direction @ np.asarray(shift_mm, dtype=float)))
+    return start
+
+
+def _register(fixed: AtlasLevel, moving: AtlasLevel, seed: int, start: sitk.Transform,
+              refine: bool = False) -> sitk.Transform:
     """The transform mapping ``fixed``'s points onto ``moving``'s: affine, Mattes mutual information over the voxels
-    where both hold scan data; from the grids' centres aligned, or refining ``start``."""
+    where both hold scan data; optimised from ``start``, or (``refine``) an affine step composed with it."""
     fixed_image, moving_image = geometry.from_array(fixed.image, fixed.grid), geometry.from_array(moving.image,
                                                                                                  moving.grid)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.3, seed)
+    reg.SetMetricSamplingPercentage(0.3, geometry.sitk_seed("localise", seed))
     reg.SetMetricFixedMask(geometry.from_array(fixed.inside().astype(np.uint8), fixed.grid))
     reg.SetMetricMovingMask(geometry.from_array(moving.inside().astype(np.uint8), moving.grid))
     reg.SetInterpolator(sitk.sitkLinear)
@@ -153,68 +168,115 @@ def _register(fixed: AtlasLevel, moving: AtlasLevel, seed: int, start: sitk.Tran
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([2, 1])
     reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
-    if start is None:
-        reg.SetInitialTransform(sitk.CenteredTransformInitializer(
-            fixed_image, moving_image, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.GEOMETRY),
-            inPlace=False)
+    if not refine:
+        reg.SetInitialTransform(start, inPlace=False)
         return reg.Execute(fixed_image, moving_image)
-    refine = sitk.AffineTransform(3)
-    refine.SetCenter(fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.grid.size]))
+    step = sitk.AffineTransform(3)
+    step.SetCenter(fixed_image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.grid.size]))
     reg.SetMovingInitialTransform(start)
-    reg.SetInitialTransform(refine, inPlace=False)
+    reg.SetInitialTransform(step, inPlace=False)
     found = reg.Execute(fixed_image, moving_image)
     composite = sitk.CompositeTransform(start)
     composite.AddTransform(found)          # applied first: fixed -> refined -> start -> moving
     return composite
 
 
-def _vote(oriented: sitk.Image, fixed: AtlasLevel, atlases: Sequence[tuple[AtlasLevel, sitk.Transform]]
-          ) -> np.ndarray | None:
-    """The voxels of ``oriented`` that at least half of the registered atlas masks cover (else any one)."""
-    votes = np.zeros(fixed.grid.size, dtype=np.int32)
-    reference = fixed.grid.blank()
-    for level, transform in atlases:
-        mask = geometry.from_array(level.mask.astype(np.uint8), level.grid)
-        votes += geometry.to_array(sitk.Resample(mask, reference, transform, sitk.sitkNearestNeighbor, 0,
-                                                 sitk.sitkUInt8)).astype(np.int32)
-    heart = votes * 2 >= len(atlases)
-    if not heart.any():
-        heart = votes > 0
-    if not heart.any():
+def _warp(level: AtlasLevel, onto: Grid, transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
+    """``level``'s image (its lowest value outside it) and mask resampled onto ``onto`` through ``transform``."""
+    low = float(level.image.min())
+    image = geometry.to_array(sitk.Resample(geometry.from_array(level.image, level.grid), onto.blank(), transform,
+                                            sitk.sitkLinear, low, sitk.sitkFloat32))
+    mask = geometry.to_array(sitk.Resample(geometry.from_array(level.mask.astype(np.uint8), level.grid), onto.blank(),
+                                           transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
+    return image, mask
+
+
+def _ncc(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    """Normalised cross-correlation of ``a`` and ``b`` over ``where`` (-1 where it is nearly empty or flat)."""
+    if where.sum() < 27:
+        return -1.0
+    a, b = a[where] - a[where].mean(), b[where] - b[where].mean()
+    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / norm if norm > 0 else -1.0
+
+
+def _on_scan(oriented: sitk.Image, mask: np.ndarray, grid: Grid) -> np.ndarray | None:
+    """A mask on ``grid`` carried onto ``oriented``'s voxels, or None when nothing of it lands there."""
+    if not mask.any():
         return None
-    on_scan = geometry.resample_labels(geometry.from_array(heart.astype(np.uint8), fixed.grid), Grid.of(oriented),
-                                       1) > 0
+    on_scan = geometry.resample_labels(geometry.from_array(mask.astype(np.uint8), grid), Grid.of(oriented), 1) > 0
     return on_scan if on_scan.any() else None
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One atlas registered to a scan: the heart it maps onto the scan's voxels and ``score``, the normalised
+    cross-correlation of the registered atlas region with the scan (about 0.5-0.7 for a heart found in cine MRI,
+    under 0.3 for a registration that went astray)."""
+
+    atlas: str
+    heart: np.ndarray
+    score: float
+
+
+def fit_atlas(oriented: sitk.Image, fixed: AtlasLevel, atlas: LocaliserAtlas, seed: int = 0,
+              shift_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> Fit | None:
+    """Register one atlas to ``oriented`` (whose coarse level is ``fixed``): the whole scans from ``_initial``, then
+    the region around the heart that found against the atlas's own. None when the atlas maps no heart onto the
+    scan; a RuntimeError when the first registration fails."""
+    coarse = _register(fixed, atlas.whole, seed, _initial(fixed, atlas.whole, shift_mm))
+    heart = _on_scan(oriented, _warp(atlas.whole, fixed.grid, coarse)[1], fixed.grid)
+    if heart is None:
+        return None
+    near = _level(oriented, local_grid(oriented, heart))
+    try:
+        transform = _register(near, atlas.local, seed, coarse, refine=True)
+    except RuntimeError as err:
+        log.debug("refining atlas %s failed (%s); its whole-scan registration is kept", atlas.case, err)
+        transform = coarse
+    image, mask = _warp(atlas.local, near.grid, transform)
+    heart = _on_scan(oriented, mask, near.grid)
+    if heart is None:
+        return None
+    return Fit(atlas.case, heart, _ncc(near.image, image, near.inside() & (image > atlas.local.image.min())))
+
+
+def retry_shifts(mm: float = RETRY_SHIFT_MM) -> list[tuple[float, float, float]]:
+    """The further starts of the whole-scan registration: the atlas moved ``mm`` either way along each axis."""
+    return [tuple(float(sign * mm * (axis == k)) for k in range(3)) for axis in range(3) for sign in (-1, 1)]
+
+
+def fit_atlases(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 0,
+                case_id: str = "scan") -> list[Fit]:
+    """Every atlas registered to ``oriented``, best ``score`` first. When even the best scores under
+    ``RETRY_BELOW`` (a registration caught far from the heart), each atlas is registered again from the starts of
+    ``retry_shifts`` and those fits join the list."""
+    fixed = _level(oriented, coarse_grid(oriented))
+
+    def attempt(atlas: LocaliserAtlas, shift: Sequence[float]) -> Fit | None:
+        try:
+            return fit_atlas(oriented, fixed, atlas, seed, shift)
+        except RuntimeError as err:
+            log.warning("%s: registering localiser atlas %s failed (%s); skipped", case_id, atlas.case,
+                        " ".join(str(err).split())[-200:])
+            return None
+
+    with geometry.sitk_threads(1):          # one thread: the same seed gives the same fits
+        fits = [fit for fit in (attempt(atlas, (0.0, 0.0, 0.0)) for atlas in atlases) if fit is not None]
+        if atlases and (not fits or max(fit.score for fit in fits) < RETRY_BELOW):
+            log.info("%s: the atlases fit poorly (best NCC %s); registering again from %d further starts", case_id,
+                     f"{max(fit.score for fit in fits):.2f}" if fits else "none", len(retry_shifts()))
+            fits += [fit for atlas in atlases for shift in retry_shifts()
+                     if (fit := attempt(atlas, shift)) is not None]
+    return sorted(fits, key=lambda fit: -fit.score)
 
 
 def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 0,
            case_id: str = "scan") -> np.ndarray | None:
-    """The heart's voxels on ``oriented`` (a scan in the training axes) by atlas registration, or None when no
-    atlas could be registered or none maps any foreground onto the scan.
-
-    Two registrations per atlas: the whole scans on their coarse grids, then, refining that, the region around
-    the heart the first one found against the atlas's own heart region, on grids of the same size."""
-    fixed = _level(oriented, coarse_grid(oriented))
-    found: list[tuple[LocaliserAtlas, sitk.Transform]] = []
-    for atlas in atlases:
-        try:
-            found.append((atlas, _register(fixed, atlas.whole, seed, None)))
-        except RuntimeError as err:
-            log.warning("%s: registering localiser atlas %s failed (%s); skipped", case_id, atlas.case,
-                        " ".join(str(err).split())[-200:])
-    if not found:
+    """The heart's voxels on ``oriented`` (a scan in the training axes): the heart of the atlas that fits the scan
+    best (``fit_atlases``), or None when no atlas could be registered or none maps any heart onto the scan."""
+    fits = fit_atlases(oriented, atlases, seed, case_id)
+    if not fits:
         return None
-    heart = _vote(oriented, fixed, [(atlas.whole, transform) for atlas, transform in found])
-    if heart is None:
-        return None
-    near = _level(oriented, local_grid(oriented, heart))
-    refined = []
-    for atlas, transform in found:
-        try:
-            refined.append((atlas.local, _register(near, atlas.local, seed, transform)))
-        except RuntimeError as err:
-            log.warning("%s: refining localiser atlas %s failed (%s); its first registration is kept", case_id,
-                        atlas.case, " ".join(str(err).split())[-200:])
-            refined.append((atlas.local, transform))
-    closer = _vote(oriented, near, refined)
-    return heart if closer is None else closer
+    log.info("%s: heart found with atlas %s (NCC %.2f)", case_id, fits[0].atlas, fits[0].score)
+    return fits[0].heart

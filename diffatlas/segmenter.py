@@ -7,9 +7,12 @@ orientation.
 
 Crops (``roi``):
 
-* ``auto``: label-free. A coarse pass of the model segments the whole scan resampled onto the model grid; the
-  largest connected part of its foreground, plus the training crop's margin (``crop.margin_mm``, or its fixed
-  size), sets the crop. ``roi_passes`` > 1 repeats the pass on that crop, at the scale the model was trained on.
+* ``auto``: label-free. The checkpoint's localiser atlases are registered to the scan (``diffatlas.localise``); the
+  heart of the best fit, plus the training crop's margin (``crop.margin_mm``, or its fixed size), sets the crop.
+  Without atlases a coarse pass of the model segments the whole scan resampled onto the model grid and the
+  largest connected part of its foreground sets the crop the same way; a scan already the size of fixed-size
+  training crops (phantoms) is segmented whole. ``roi_passes`` > 1 runs the model on the crop found so far and
+  re-centres it on its foreground.
 * ``box``: a box ``[[i0, i1], [j0, j1], [k0, k1]]`` in the scan's voxel indices (e.g. from another tool), plus
   the training margin.
 * ``whole``: the whole scan (widened to a cube).
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 SCAN_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 DEFAULT_SAMPLER: dict[str, Any] = {"plan": "ddim", "num_steps": 25, "eta": 0.0, "start_t": None}
 """The timestep plan of ``Segmenter.from_checkpoint`` when none is given: DDIM-25."""
+FRAMED_TOLERANCE = 0.1
+"""``roi=auto`` segments a scan whole when its largest extent is within this fraction of fixed-size training crops."""
 
 
 class Roi(str, Enum):
@@ -377,6 +382,14 @@ class Segmenter:
             spec = CropSpec(mode="label", margin_mm=self.margin_mm, cube=self.cube, size_mm=self.size_mm)
         return geometry.crop_grid(oriented, self.model.shape, spec, foreground)
 
+    def _framed_like_training(self, whole: Grid) -> bool:
+        """Whether the whole-scan grid ``whole`` already frames the scan as the training crops were: they had a
+        fixed size (``crop.size_mm``) and the scan's largest extent is within ``FRAMED_TOLERANCE`` of it."""
+        if self.size_mm is None:
+            return False
+        extent = max(n * s for n, s in zip(whole.size, whole.spacing))
+        return abs(extent / max(self.size_mm) - 1.0) <= FRAMED_TOLERANCE
+
     def _on_grid(self, oriented: sitk.Image, grid: Grid) -> np.ndarray:
         fill = float(sitk.GetArrayViewFromImage(oriented).min())
         return normalize_scan(geometry.resample_image(oriented, grid, default=fill), self.intensity, self.modality)
@@ -405,6 +418,9 @@ class Segmenter:
                 raise ValueError(f"{case_id}: roi=box but no box was given (box_file has no entry for it)")
             return self._crop(oriented, _box_mask(scan, box, case_id, self.orientation))
         grid = self._crop(oriented, None)
+        if not self.atlases and self._framed_like_training(grid):
+            log.info("%s: the scan is the size of the training crops; segmented whole, without a coarse pass", case_id)
+            return grid
         first = 0
         if self.atlases:
             mask = locate(oriented, self.atlases, case_id=case_id)

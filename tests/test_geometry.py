@@ -282,3 +282,14 @@ def test_spacing_from_affine_rejects_bad_shapes():
     assert spacing_from_affine(np.diag([2.0, 3.0, 4.0, 1.0])) == (2.0, 3.0, 4.0)
     with pytest.raises(ValueError, match="4x4"):
         spacing_from_affine(np.eye(2))
+
+
+def test_sitk_seeds_are_stable_and_never_the_wall_clock():
+    from diffatlas.data.geometry import sitk_seed, sitk_threads
+    seeds = [sitk_seed("localise", s) for s in range(200)]
+    assert all(1 <= s < 2**31 for s in seeds) and len(set(seeds)) == 200
+    assert sitk_seed("localise", 3) == sitk_seed("localise", 3) != sitk_seed("rba", 3)
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    with sitk_threads(1):
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before

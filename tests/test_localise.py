@@ -7,7 +7,7 @@ import torch
 
 from diffatlas.data import geometry
 from diffatlas.data.geometry import Grid
-from diffatlas.localise import AtlasLevel, LocaliserAtlas, locate, make_atlas
+from diffatlas.localise import AtlasLevel, LocaliserAtlas, fit_atlases, locate, make_atlas, retry_shifts
 
 SPACING = (1.5, 1.5, 4.0)
 
@@ -45,10 +45,40 @@ def test_atlases_find_a_moved_heart():
     image, label = _torso((7, -5), seed=3)
     found = locate(_image(image), atlases, case_id="target")
     assert found is not None and found.shape == image.shape
+    again = fit_atlases(_image(image), atlases, case_id="target")
+    assert np.array_equal(again[0].heart, found)          # the same seed, the same answer
     truth = label > 0
     # the heart moved by (10.5, -7.5) mm; the found heart sits on it, well inside the training margin (10 mm)
     assert np.linalg.norm(_centre_mm(found) - _centre_mm(truth)) < 4.0
     assert 2 * (found & truth).sum() / (found.sum() + truth.sum()) > 0.6
+
+
+def test_the_atlas_that_fits_best_places_the_heart():
+    """An atlas whose scan shows something else (noise, its 'heart' in a corner) scores far below one that shows
+    a torso, and its heart is not mixed into the answer."""
+    image, label = _torso((0, 0), seed=1)
+    good = make_atlas("torso", _image(image), _image(label))
+    noise = np.random.default_rng(5).normal(50.0, 20.0, image.shape).astype(np.float32)
+    corner = np.zeros(image.shape, dtype=np.uint8)
+    corner[:8, :8, :4] = 1
+    stray = make_atlas("noise", _image(noise), _image(corner))
+    target, truth = _torso((7, -5), seed=3)
+    fits = fit_atlases(_image(target), [stray, good], case_id="target")
+    assert [fit.atlas for fit in fits][0] == "torso" and fits[0].score > 0.5 > max(f.score for f in fits[1:])
+    found = locate(_image(target), [stray, good])
+    assert np.linalg.norm(_centre_mm(found) - _centre_mm(truth > 0)) < 4.0
+
+
+def test_a_poor_fit_is_tried_again_from_further_starts(caplog):
+    image, label = _torso((0, 0), seed=1)
+    atlas = make_atlas("torso", _image(image), _image(label))
+    noise = np.random.default_rng(6).normal(50.0, 20.0, image.shape).astype(np.float32)
+    with caplog.at_level("INFO", logger="diffatlas.localise"):
+        fits = fit_atlases(_image(noise), [atlas], case_id="noise")
+    assert "noise: the atlases fit poorly" in caplog.text and "from 6 further starts" in caplog.text
+    assert 1 < len(fits) <= 1 + len(retry_shifts()) and all(f.score < 0.35 for f in fits)
+    assert [f.score for f in fits] == sorted((f.score for f in fits), reverse=True)
+    assert sorted(map(tuple, np.abs(retry_shifts(30.0)).tolist())) == sorted([(30.0, 0, 0), (0, 30.0, 0), (0, 0, 30.0)] * 2)
 
 
 def test_an_atlas_survives_a_checkpoint(tmp_path):

@@ -192,6 +192,24 @@ def test_crops_centre_on_the_heart_at_the_training_scale(roi, tmp_path):
     assert dice > 0.8
 
 
+@pytest.mark.parametrize("fov_mm, passes", [(126.0, 1), (140.0, 3)])
+def test_a_scan_the_size_of_fixed_training_crops_needs_no_coarse_pass(fov_mm, passes, tmp_path):
+    """Training crops of a fixed 120 mm: a 126 mm scan is framed like them already and is segmented whole in one
+    pass; a 140 mm one (17 % larger) still gets its two coarse passes."""
+    phantom = make_phantom(phantom_case_seed(0, 7), "ct", (32, 32, 32), fov_mm)
+    write_volume(tmp_path / "scan.nii.gz", phantom.image, phantom.affine)
+    write_volume(tmp_path / "label.nii.gz", phantom.label, phantom.affine)
+    model = TrueHeart(sitk.ReadImage(str(tmp_path / "label.nii.gz")))
+    prep = {"modality": "ct", "intensity": {"method": "ct_window", "window": [-250, 800]}, "orientation": "RAS",
+            "crop": {"mode": "whole", "margin_mm": 0.0, "cube": True, "size_mm": [120.0, 120.0, 120.0]}}
+    seg = RecordingSegmenter(model, prep, roi="auto", roi_passes=2)
+    model.use(seg)
+    result = seg.segment_image(read_scan(tmp_path / "scan.nii.gz"), "scan")
+    assert len(model.grids) == passes and model.grids[0].spacing == pytest.approx((fov_mm / 16,) * 3)
+    if passes == 1:
+        assert result.grid == model.grids[0]
+
+
 def test_bad_settings_and_inputs_are_one_line_errors(checkpoint, scans, tmp_path):
     with pytest.raises(ValueError, match="unknown roi 'heart'; allowed: 'auto', 'box', 'whole', 'label'"):
         Segmenter.from_checkpoint(checkpoint, "cpu", sampler=FAST, roi="heart")

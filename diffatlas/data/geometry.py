@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -304,3 +306,22 @@ def resample_labels(label: sitk.Image, grid: Grid, num_structures: int) -> np.nd
 def voxel_volume_ml(spacing: Sequence[float]) -> float:
     """The volume of one voxel in millilitres."""
     return float(math.prod(spacing)) / 1000.0
+
+
+def sitk_seed(*parts: object) -> int:
+    """A stable seed in 1..2^31-1 for SimpleITK's random metric sampling, from ``parts`` (SimpleITK reads 0 as
+    "seed from the wall clock", which would make registrations differ from run to run)."""
+    return zlib.crc32("/".join(str(p) for p in parts).encode()) % (2**31 - 1) + 1
+
+
+@contextmanager
+def sitk_threads(count: int) -> Iterator[None]:
+    """SimpleITK's default thread count set to ``count`` inside the block (restored after). A registration's own
+    ``SetNumberOfThreads`` leaves its random metric sampler on the default count, and threads that draw or sum
+    samples in varying order make the same seed give different transforms."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(count))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)

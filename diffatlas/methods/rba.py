@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence, get_args
 
@@ -33,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from diffatlas.data.datasets import CaseData, PreparedData
-from diffatlas.data.geometry import Grid, from_array, to_array
+from diffatlas.data.geometry import Grid, from_array, sitk_seed, sitk_threads, to_array
 from diffatlas.methods.base import check_train_cases
 
 logger = logging.getLogger(__name__)
@@ -156,11 +155,6 @@ def fuse_labels(
         fused[votes_top] = lab[votes_top]
         decided |= votes_top
     return fused
-
-
-def _sitk_seed(*parts: object) -> int:
-    """A stable seed in 1..2^31-1 for SimpleITK (0 would mean "seed from the wall clock")."""
-    return zlib.crc32("/".join(str(p) for p in parts).encode()) % (2**31 - 1) + 1
 
 
 @dataclass
@@ -288,6 +282,10 @@ class RBA:
         """Label map ``(X, Y, Z)`` uint8 of ``case.image`` on its own grid (``case.label`` is not read)."""
         if not self.atlases:
             raise RuntimeError("RBA has no atlases: call fit(data, train_cases) first")
+        with sitk_threads(self.num_threads):
+            return self._segment(case)
+
+    def _segment(self, case: CaseData) -> np.ndarray:
         start = time.perf_counter()
         target = sitk_image(np.asarray(case.image, dtype=np.float32), case.affine)
         affines = [self._retried("affine", atlas, case.case, lambda robust, a=atlas: self._affine(target, a, case.case,
@@ -358,7 +356,7 @@ class RBA:
                     else sitk.CenteredTransformInitializerFilter.GEOMETRY)
         transform = sitk.AffineTransform(
             sitk.CenteredTransformInitializer(target, atlas.image, sitk.AffineTransform(3), centring))
-        reg = self._registration(_sitk_seed(self.seed, "affine", atlas.case, target_id), robust)
+        reg = self._registration(sitk_seed(self.seed, "affine", atlas.case, target_id), robust)
         reg.SetOptimizerAsRegularStepGradientDescent(learningRate=self.affine_step_mm,
                                                      minStep=1e-3 * self.affine_step_mm,
                                                      numberOfIterations=self.affine_iterations,
@@ -387,7 +385,7 @@ class RBA:
         extent_mm = np.asarray(target.GetSize()) * np.asarray(target.GetSpacing())
         mesh = [max(1, int(round(e / self.control_point_spacing_mm))) for e in extent_mm]
         bspline = sitk.BSplineTransformInitializer(target, mesh, order=3)
-        reg = self._registration(_sitk_seed(self.seed, "bspline", atlas.case, target_id), robust)
+        reg = self._registration(sitk_seed(self.seed, "bspline", atlas.case, target_id), robust)
         reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=self.bspline_iterations,
                                  maximumNumberOfCorrections=5,
                                  maximumNumberOfFunctionEvaluations=4 * self.bspline_iterations,
