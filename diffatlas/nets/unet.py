@@ -18,7 +18,25 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that sends a single float32 volume on the CPU to oneDNN (mkldnn).
+
+    PyTorch's CPU dispatch chooses its slow im2col kernel when the batch is one and ``N * C * D * H`` is small (a
+    rule tuned on 2D images), so sampling one 32^3 volume ran about nine times slower per convolution than oneDNN,
+    which gives the same result to float rounding. Larger batches already go to oneDNN."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (x.shape[0] == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
+                and isinstance(self.padding, tuple) and torch.backends.mkldnn.is_available()
+                and torch.backends.mkldnn.enabled):
+            return torch.ops.aten.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation,
+                                                     self.groups)
+        return super()._conv_forward(x, weight, bias)
+
+
+_CONV = {2: nn.Conv2d, 3: Conv3d}
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
