@@ -1,17 +1,22 @@
 """Cost of the joint denoiser: parameters, forward and training-step seconds, peak memory, at 32^3 and 64^3.
 
     python benchmarks/denoiser.py [--models unet_small unet_base] [--sizes 32 64] [--batch 1] [--repeats 3]
+        [--conv onednn plain]
 
 Each measurement runs in a fresh process so that its peak memory (max RSS on CPU, max allocated on CUDA)
 is its own. The machine is printed with the table. Beneath it come the official DiffAtlas network's figures
 (35.85M parameters, measured elsewhere, with their machine and batch) and, for a model of about its size
 measured on the same kind of machine with the same batch, the like-for-like ratio; a smaller network is not
 compared with it.
+
+``--conv plain`` adds rows with PyTorch's own dispatch of 3D convolutions, which on the CPU sends a batch of one to
+its im2col kernel; the default rows use ``unet.Conv3d``, which sends it to oneDNN.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import resource
 import sys
@@ -28,9 +33,15 @@ OFFICIAL_64 = {  # (device type, batch of the forward, batch of the training ste
 }
 
 
-def _measure(model_name: str, size: int, batch: int, repeats: int, device: str, threads: int, queue) -> None:
+def _measure(model_name: str, size: int, batch: int, repeats: int, device: str, threads: int, conv: str,
+             queue) -> None:
     import torch
     from omegaconf import OmegaConf
+
+    from diffatlas.nets import unet
+
+    if conv == "plain":
+        unet.Conv3d._conv_forward = torch.nn.Conv3d._conv_forward
 
     from diffatlas.data.layout import ChannelLayout
     from diffatlas.diffusion.gaussian import GaussianDiffusion
@@ -91,24 +102,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--conv", nargs="+", default=["onednn"], choices=["onednn", "plain"],
+                        help="3D convolution dispatch: onednn (unet.Conv3d) and/or plain (PyTorch's own)")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     print(f"machine: {_machine(args.device, args.threads)}; batch {args.batch}")
-    print("| model | grid | parameters | forward (s) | train step (s) | peak memory (MB) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| model | grid | convolution | parameters | forward (s) | train step (s) | peak memory (MB) |")
+    print("|---|---|---|---:|---:|---:|---:|")
     same_size = []
-    for model in args.models:
-        for size in args.sizes:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_measure, args=(model, size, args.batch, args.repeats, args.device,
-                                                      args.threads, queue))
-            proc.start()
-            r = queue.get()
-            proc.join()
-            print(f"| {model} | {size}^3 | {r['params']:,} | {r['forward_s']:.3f} | {r['train_step_s']:.3f} | "
-                  f"{r['peak_mb']:.0f} |")
-            if size == 64 and abs(r["params"] - OFFICIAL_PARAMETERS) < 0.1 * OFFICIAL_PARAMETERS:
-                same_size.append((model, r))
+    for model, size, conv in itertools.product(args.models, args.sizes, args.conv):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_measure, args=(model, size, args.batch, args.repeats, args.device, args.threads,
+                                                  conv, queue))
+        proc.start()
+        r = queue.get()
+        proc.join()
+        print(f"| {model} | {size}^3 | {conv} | {r['params']:,} | {r['forward_s']:.3f} | {r['train_step_s']:.3f} | "
+              f"{r['peak_mb']:.0f} |")
+        if conv == "onednn" and size == 64 and abs(r["params"] - OFFICIAL_PARAMETERS) < 0.1 * OFFICIAL_PARAMETERS:
+            same_size.append((model, r))
     print(f"official Unet3D ({OFFICIAL_PARAMETERS / 1e6:.2f}M parameters) at 64^3, measured elsewhere:")
     for (_, fwd_batch, train_batch), ref in OFFICIAL_64.items():
         print(f"  {ref['machine']}: forward (batch {fwd_batch}) {ref['forward_s']} s, training step "

@@ -217,6 +217,7 @@ class Fit:
     atlas: str
     heart: np.ndarray
     score: float
+    transform: sitk.Transform | None = None
 
 
 def fit_atlas(oriented: sitk.Image, fixed: AtlasLevel, atlas: LocaliserAtlas, seed: int = 0,
@@ -238,7 +239,8 @@ def fit_atlas(oriented: sitk.Image, fixed: AtlasLevel, atlas: LocaliserAtlas, se
     heart = _on_scan(oriented, mask, near.grid)
     if heart is None:
         return None
-    return Fit(atlas.case, heart, _ncc(near.image, image, near.inside() & (image > atlas.local.image.min())))
+    return Fit(atlas.case, heart, _ncc(near.image, image, near.inside() & (image > atlas.local.image.min())),
+               transform)
 
 
 def retry_shifts(mm: float = RETRY_SHIFT_MM) -> list[tuple[float, float, float]]:
