@@ -212,7 +212,8 @@ def _on_scan(oriented: sitk.Image, mask: np.ndarray, grid: Grid) -> np.ndarray |
 class Fit:
     """One atlas registered to a scan: the heart it maps onto the scan's voxels and ``score``, the normalised
     cross-correlation of the registered atlas region with the scan (about 0.5-0.7 for a heart found in cine MRI,
-    under 0.3 for a registration that went astray)."""
+    under 0.3 for a registration that went astray), and ``transform``, which maps the scan's points onto the
+    atlas's."""
 
     atlas: str
     heart: np.ndarray
