@@ -101,6 +101,23 @@ def test_augmentation_settings_and_config_errors():
     assert make_augment({"enabled": True, "rotate_deg": 5}).s.rotate_deg == 5
 
 
+def test_the_wide_augmentation_is_the_default_with_wider_shifts_and_zooms():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        default = OmegaConf.to_container(compose("train", overrides=["augment=default"]).augment)
+        wide = OmegaConf.to_container(compose("train", overrides=["augment=wide"]).augment)
+    assert {k: v for k, v in wide.items() if k not in ("scale", "translate")} == \
+        {k: v for k, v in default.items() if k not in ("scale", "translate")}
+    assert wide["translate"] > default["translate"] and wide["scale"][0] < default["scale"][0] < 1 < \
+        default["scale"][1] < wide["scale"][1]
+    assert make_augment(wide).s.translate == wide["translate"]
+
+
 def test_levels_equal_to_t_give_q_sample_and_level_minus_one_is_clean():
     d = GaussianDiffusion(num_timesteps=50, prediction="x0")
     x0, noise = torch.randn(3, 4, 8, 8, 8), torch.randn(3, 4, 8, 8, 8)
