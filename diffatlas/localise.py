@@ -37,6 +37,7 @@ LOCAL_MARGIN_MM = 30.0
 MAX_ATLASES = 5
 RETRY_BELOW = 0.35        # best fit's NCC under which the whole-scan registration is tried from further starts
 RETRY_SHIFT_MM = 30.0     # how far those starts move the atlas along each axis
+SIZE_PRIOR = 0.5          # weight of the atlas heart's own size in the found heart's (0: the registration's alone)
 
 
 @dataclass(frozen=True)
@@ -281,5 +282,32 @@ def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 
     fits = fit_atlases(oriented, atlases, seed, case_id)
     if not fits:
         return None
-    log.info("%s: heart found with atlas %s (NCC %.2f)", case_id, fits[0].atlas, fits[0].score)
-    return fits[0].heart
+    best = fits[0]
+    log.info("%s: heart found with atlas %s (NCC %.2f)", case_id, best.atlas, best.score)
+    atlas = next(a for a in atlases if a.case == best.atlas)
+    return _sized_box(oriented, best.heart, _extent_mm(atlas.local.mask, atlas.local.grid.spacing))
+
+
+def _extent_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """The largest side of ``mask``'s bounding box in mm."""
+    index = np.nonzero(mask)
+    return float(max((int(i.max()) - int(i.min()) + 1) * float(s) for i, s in zip(index, spacing)))
+
+
+def _sized_box(oriented: sitk.Image, heart: np.ndarray, atlas_extent_mm: float) -> np.ndarray:
+    """The box of ``heart`` (a mask on ``oriented``), scaled about its centre so that its largest side is the
+    geometric mean of its own and the atlas heart's: the registration's scale is the least certain part of a fit,
+    and the atlas's own size is a prior for it (``SIZE_PRIOR`` is the weight of that prior)."""
+    spacing = np.asarray(oriented.GetSpacing())
+    index = np.nonzero(heart)
+    lo = np.array([i.min() for i in index], dtype=float)
+    hi = np.array([i.max() for i in index], dtype=float)
+    found = _extent_mm(heart, spacing)
+    factor = (atlas_extent_mm / found) ** SIZE_PRIOR
+    voxels = np.maximum(1, np.floor((hi - lo + 1) * factor + 0.5)).astype(int)
+    start = np.floor((lo + hi) / 2 - (voxels - 1) / 2 + 0.5).astype(int)
+    stop = np.minimum(start + voxels, heart.shape)
+    start = np.maximum(start, 0)
+    box = np.zeros(heart.shape, dtype=bool)
+    box[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = True
+    return box
