@@ -7,8 +7,10 @@ size, each with the label's foreground. To find the heart in a new scan (``roi=a
 it twice (affine, Mattes mutual information, both images masked to where they hold data): the whole scans, from
 their grids' centres aligned, then the heart regions, from the first result. Each fit is scored by the normalised
 cross-correlation of the registered atlas region with the scan; when even the best scores low (a registration
-caught on the wrong structure), the atlases are registered again from starts moved along each axis. The heart of
-the best-scoring fit, plus the training margin, is the crop, which the model may then re-centre (``roi_passes``).
+caught on the wrong structure), the atlases are registered again from starts moved along each axis. The box of
+the best-scoring fit's heart, its largest side pulled to the geometric mean of its own and the atlas heart's (the
+registration's scale is its least certain part), plus the training margin, is the crop, which the model may then
+re-centre (``roi_passes``).
 
 A generative atlas only knows hearts at the scale and place it was trained on: run on a whole scan shrunk onto its
 grid it draws a heart of the training size wherever it likes, so its own coarse pass is kept only for checkpoints
@@ -277,8 +279,9 @@ def fit_atlases(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: i
 
 def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 0,
            case_id: str = "scan") -> np.ndarray | None:
-    """The heart's voxels on ``oriented`` (a scan in the training axes): the heart of the atlas that fits the scan
-    best (``fit_atlases``), or None when no atlas could be registered or none maps any heart onto the scan."""
+    """A box around the heart on ``oriented`` (a scan in the training axes): that of the atlas that fits the scan
+    best (``fit_atlases``), sized by ``_sized_box``; None when no atlas could be registered or none maps any heart
+    onto the scan."""
     fits = fit_atlases(oriented, atlases, seed, case_id)
     if not fits:
         return None
