@@ -221,7 +221,7 @@ class Fit:
     atlas: str
     heart: np.ndarray
     score: float
-    transform: sitk.Transform | None = None
+    transform: sitk.Transform
 
 
 def fit_atlas(oriented: sitk.Image, fixed: AtlasLevel, atlas: LocaliserAtlas, seed: int = 0,
@@ -288,24 +288,21 @@ def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 
     best = fits[0]
     log.info("%s: heart found with atlas %s (NCC %.2f)", case_id, best.atlas, best.score)
     atlas = next(a for a in atlases if a.case == best.atlas)
-    return _sized_box(oriented, best.heart, _extent_mm(atlas.local.mask, atlas.local.grid.spacing))
+    return _sized_box(oriented, best.heart, _extent_mm(*geometry.mask_bounds(atlas.local.mask),
+                                                        atlas.local.grid.spacing))
 
 
-def _extent_mm(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """The largest side of ``mask``'s bounding box in mm."""
-    index = np.nonzero(mask)
-    return float(max((int(i.max()) - int(i.min()) + 1) * float(s) for i, s in zip(index, spacing)))
+def _extent_mm(lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float]) -> float:
+    """The largest side in mm of the box from voxel ``lo`` to voxel ``hi`` (both included)."""
+    return float(((hi - lo + 1) * np.asarray(spacing, dtype=float)).max())
 
 
 def _sized_box(oriented: sitk.Image, heart: np.ndarray, atlas_extent_mm: float) -> np.ndarray:
     """The box of ``heart`` (a mask on ``oriented``), scaled about its centre so that its largest side is the
     geometric mean of its own and the atlas heart's: the registration's scale is the least certain part of a fit,
     and the atlas's own size is a prior for it (``SIZE_PRIOR`` is the weight of that prior)."""
-    spacing = np.asarray(oriented.GetSpacing())
-    index = np.nonzero(heart)
-    lo = np.array([i.min() for i in index], dtype=float)
-    hi = np.array([i.max() for i in index], dtype=float)
-    found = _extent_mm(heart, spacing)
+    lo, hi = geometry.mask_bounds(heart)
+    found = _extent_mm(lo, hi, oriented.GetSpacing())
     factor = (atlas_extent_mm / found) ** SIZE_PRIOR
     voxels = np.maximum(1, np.floor((hi - lo + 1) * factor + 0.5)).astype(int)
     start = np.floor((lo + hi) / 2 - (voxels - 1) / 2 + 0.5).astype(int)

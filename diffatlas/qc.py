@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from diffatlas.data.geometry import voxel_volume_ml
+from diffatlas.data.geometry import mask_bounds, voxel_volume_ml
 
 PANEL_PX = 192                      # each plane is scaled up by an integer factor to about this many pixels
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -54,10 +54,10 @@ class CaseQC:
 
 def plane_indices(labels: np.ndarray) -> tuple[int, int, int]:
     """The mid-planes through the heart: the centre of the foreground's box, or the grid centre if empty."""
-    nonzero = np.nonzero(labels)
-    if not nonzero[0].size:
+    bounds = mask_bounds(labels)
+    if bounds is None:
         return tuple(int(n) // 2 for n in labels.shape)  # type: ignore[return-value]
-    return tuple(int((idx.min() + idx.max()) // 2) for idx in nonzero)  # type: ignore[return-value]
+    return tuple(int((lo + hi) // 2) for lo, hi in zip(*bounds))  # type: ignore[return-value]
 
 
 def _planes(volume: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:

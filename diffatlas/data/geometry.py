@@ -172,6 +172,14 @@ class CropSpec:
                    cube=bool(cfg.get("cube", True)), size_mm=size, boxes=dict(boxes or {}))
 
 
+def mask_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first and last voxel index of ``mask``'s foreground along each axis (int arrays), or None if empty."""
+    nonzero = np.nonzero(mask)
+    if not nonzero[0].size:
+        return None
+    return np.array([idx.min() for idx in nonzero]), np.array([idx.max() for idx in nonzero])
+
+
 def _index_box(image: sitk.Image, spec: CropSpec, label: np.ndarray | None, case: str,
                native: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper voxel-edge coordinates (continuous indices of ``image``) of the raw box."""
@@ -179,12 +187,10 @@ def _index_box(image: sitk.Image, spec: CropSpec, label: np.ndarray | None, case
     if spec.mode == "label":
         if label is None:
             raise ValueError("crop mode 'label' needs a label")
-        nonzero = np.nonzero(label)
-        if not nonzero[0].size:
+        bounds = mask_bounds(label)
+        if bounds is None:
             raise ValueError("the label is empty, so there is no box to crop around")
-        lo = np.array([idx.min() for idx in nonzero], dtype=np.float64) - 0.5
-        hi = np.array([idx.max() for idx in nonzero], dtype=np.float64) + 0.5
-        return lo, hi
+        return bounds[0] - 0.5, bounds[1] + 0.5
     if spec.mode in ("whole", "center"):
         return np.full(3, -0.5), size - 0.5
     if case not in spec.boxes:
