@@ -16,11 +16,13 @@ from diffatlas.device import resolve_device
 from diffatlas.diffusion.gaussian import GaussianDiffusion
 from diffatlas.evaluation.metrics import evaluate_case
 from diffatlas.inputs import load_data_and_split, preparation_record, sdf_settings
-from diffatlas.localise import build_atlases
+from diffatlas.heart_net import HeartNet, HeartNetSettings
+from diffatlas.localise import LocaliserAtlas, build_atlases
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.nets.unet import count_parameters
 from diffatlas.training.augment import make_augment
 from diffatlas.training.distributed import init_distributed
+from diffatlas.training.runguard import load_checkpoint
 from diffatlas.training.trainer import LAST, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,30 @@ def fit_denoiser(cfg: Mapping[str, Any], data: PreparedData, train_cases: list[s
     augment = make_augment(cfg.get("augment"), image_channels=[layout.image.start])
     objective = denoiser_objective(diffusion, cfg["model"], cfg["diffusion"], layout)
     localiser = build_atlases(data, sorted(train_cases), stored["preparation"]["orientation"])
+    extras: dict[str, Any] = {"localiser": localiser}
+    if localiser:
+        extras["heart_net"] = _heart_net(cfg, localiser, device)
     trainer = Trainer(model, objective, dataset, cfg["checkpoint_dir"], settings, config=stored,
-                      validate=validate, device=device, augment=augment, extras={"localiser": localiser})
+                      validate=validate, device=device, augment=augment, extras=extras)
     trainer.fit(resume=bool(cfg.get("resume", True)))
     return Path(cfg["checkpoint_dir"]) / LAST
+
+
+def _heart_net(cfg: Mapping[str, Any], localiser: list[dict[str, Any]], device: torch.device) -> dict[str, Any] | None:
+    """The heart network's record (``diffatlas.heart_net``), trained on the localiser atlases with the
+    ``heart_net`` settings (seeded by ``seed`` unless they name their own); on resume, the one in the last
+    checkpoint when it was trained with the same settings. None with ``heart_net.steps=0``."""
+    settings = HeartNetSettings(**{"seed": int(cfg["seed"]), **dict(cfg.get("heart_net") or {})})
+    if settings.steps == 0:
+        return None
+    last = Path(cfg["checkpoint_dir"]) / LAST
+    if cfg.get("resume", True) and last.is_file():
+        stored = load_checkpoint(last).get("heart_net")
+        if stored and HeartNetSettings(**dict(stored["settings"])) == settings:
+            log.info("heart network kept from %s", last)
+            return stored
+    atlases = [LocaliserAtlas.from_record(record) for record in localiser]
+    return HeartNet.train(atlases, settings, device).to_record()
 
 
 def _validator(cfg: Mapping[str, Any], data: PreparedData, cases: list[str], diffusion: GaussianDiffusion,

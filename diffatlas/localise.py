@@ -10,7 +10,8 @@ cross-correlation of the registered atlas region with the scan; when even the be
 caught on the wrong structure), the atlases are registered again from starts moved along each axis. The box of
 the best-scoring fit's heart, its largest side pulled to the geometric mean of its own and the atlas heart's (the
 registration's scale is its least certain part), plus the training margin, is the crop, which the model may then
-re-centre (``roi_passes``).
+re-centre (``roi_passes``). A checkpoint with a heart network (``diffatlas.heart_net``) outlines the heart in the
+region around the best fit's instead, and its box sets the crop.
 
 A generative atlas only knows hearts at the scale and place it was trained on: run on a whole scan shrunk onto its
 grid it draws a heart of the training size wherever it likes, so its own coarse pass is kept only for checkpoints
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,6 +41,7 @@ MAX_ATLASES = 5
 RETRY_BELOW = 0.35        # best fit's NCC under which the whole-scan registration is tried from further starts
 RETRY_SHIFT_MM = 30.0     # how far those starts move the atlas along each axis
 SIZE_PRIOR = 0.5          # weight of the atlas heart's own size in the found heart's (0: the registration's alone)
+MAX_OUTLINE_SHIFT_MM = RETRY_SHIFT_MM   # farthest a heart network's outline may lie from the registered heart
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,18 @@ def _level(oriented: sitk.Image, grid: Grid, label: sitk.Image | None = None) ->
     return AtlasLevel(image, mask, grid)
 
 
-def make_atlas(case: str, oriented_scan: sitk.Image, oriented_label: sitk.Image) -> LocaliserAtlas:
-    """The localiser atlas of one training scan and its label, both already in the training axes."""
+def make_atlas(case: str, oriented_scan: sitk.Image, oriented_label: sitk.Image,
+               shape: Sequence[int] = ATLAS_SHAPE) -> LocaliserAtlas:
+    """The localiser atlas of one training scan and its label, both already in the training axes, on grids of
+    ``shape`` voxels."""
     foreground = geometry.to_array(oriented_label) > 0
     if not foreground.any():
         raise ValueError(f"case {case}: the label has no foreground")
-    whole = _level(oriented_scan, coarse_grid(oriented_scan), oriented_label)
+    whole = _level(oriented_scan, coarse_grid(oriented_scan, shape), oriented_label)
     if not whole.mask.any():
         raise ValueError(f"case {case}: the label has no foreground on the localiser grid")
-    return LocaliserAtlas(case, whole, _level(oriented_scan, local_grid(oriented_scan, foreground), oriented_label))
+    return LocaliserAtlas(case, whole, _level(oriented_scan, local_grid(oriented_scan, foreground, shape),
+                                              oriented_label))
 
 
 def build_atlases(data: PreparedData, cases: Sequence[str], orientation: str,
@@ -277,19 +282,35 @@ def fit_atlases(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: i
     return sorted(fits, key=lambda fit: -fit.score)
 
 
-def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 0,
-           case_id: str = "scan") -> np.ndarray | None:
-    """A box around the heart on ``oriented`` (a scan in the training axes): that of the atlas that fits the scan
-    best (``fit_atlases``), sized by ``_sized_box``; None when no atlas could be registered or none maps any heart
-    onto the scan."""
+def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 0, case_id: str = "scan",
+           outline: Callable[[sitk.Image, np.ndarray], np.ndarray | None] | None = None) -> np.ndarray | None:
+    """The heart on ``oriented`` (a scan in the training axes): the box of the heart of the atlas that fits the
+    scan best (``fit_atlases``), sized by ``_sized_box``, or, given ``outline`` (``HeartNet.outline``), the heart it
+    outlines in the region around that box (the box when it finds none, or when the centre of what it finds lies
+    more than ``MAX_OUTLINE_SHIFT_MM`` from the box's: the registration's own reach); None when no atlas could be
+    registered or none maps any heart onto the scan."""
     fits = fit_atlases(oriented, atlases, seed, case_id)
     if not fits:
         return None
     best = fits[0]
     log.info("%s: heart found with atlas %s (NCC %.2f)", case_id, best.atlas, best.score)
     atlas = next(a for a in atlases if a.case == best.atlas)
-    return _sized_box(oriented, best.heart, _extent_mm(*geometry.mask_bounds(atlas.local.mask),
-                                                        atlas.local.grid.spacing))
+    box = _sized_box(oriented, best.heart, _extent_mm(*geometry.mask_bounds(atlas.local.mask),
+                                                       atlas.local.grid.spacing))
+    if outline is None:
+        return box
+    outlined = outline(oriented, box)
+    if outlined is None:
+        log.warning("%s: the heart network found no heart near the registered one; the registration's box is used",
+                    case_id)
+        return box
+    moved = float(np.linalg.norm((np.mean(geometry.mask_bounds(outlined), axis=0) -
+                                  np.mean(geometry.mask_bounds(box), axis=0)) * np.asarray(oriented.GetSpacing())))
+    if moved > MAX_OUTLINE_SHIFT_MM:
+        log.warning("%s: the heart network outlined something %.0f mm from the registered heart (more than %.0f mm); "
+                    "the registration's box is used", case_id, moved, MAX_OUTLINE_SHIFT_MM)
+        return box
+    return outlined
 
 
 def _extent_mm(lo: np.ndarray, hi: np.ndarray, spacing: Sequence[float]) -> float:

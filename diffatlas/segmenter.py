@@ -7,8 +7,9 @@ orientation.
 
 Crops (``roi``):
 
-* ``auto``: label-free. The checkpoint's localiser atlases are registered to the scan (``diffatlas.localise``); the
-  heart of the best fit, plus the training crop's margin (``crop.margin_mm``, or its fixed size), sets the crop.
+* ``auto``: label-free. The checkpoint's localiser atlases are registered to the scan (``diffatlas.localise``) and
+  its heart network outlines the heart in the region around the best fit's (``diffatlas.heart_net``); that heart,
+  plus the training crop's margin (``crop.margin_mm``, or its fixed size), sets the crop.
   Without atlases a coarse pass of the model segments the whole scan resampled onto the model grid and the
   largest connected part of its foreground sets the crop the same way; a scan already the size of fixed-size
   training crops (phantoms) is segmented whole. ``roi_passes`` > 1 runs the model on the crop found so far and
@@ -43,6 +44,7 @@ from diffatlas.data.geometry import CropSpec, Grid
 from diffatlas.data.intensity import normalize_intensity
 from diffatlas.data.io import NIFTI_SUFFIXES, SITK_SUFFIXES, read_json_object
 from diffatlas.device import resolve_device
+from diffatlas.heart_net import HeartNet
 from diffatlas.localise import LocaliserAtlas, locate
 from diffatlas.methods.diffatlas import DiffAtlasSegmenter
 from diffatlas.methods.icf import ICF
@@ -249,11 +251,12 @@ def load_grid_model(path: str | Path, sampler_cfg: Mapping[str, Any], device: to
                     inference: Mapping[str, Any] | None = None) -> tuple[GridModel, dict[str, Any]]:
     """The model of a checkpoint written by ``python -m diffatlas.train`` or by ``compare`` (DiffAtlas, ICF or
     ICMD: the stored ``method``; a checkpoint without one is DiffAtlas's), and its stored config with the
-    checkpoint's localiser atlases under ``localiser`` (``diffatlas.localise``; empty when it has none). ICMD samples
+    checkpoint's localiser atlases under ``localiser`` (``diffatlas.localise``; empty when it has none) and its heart
+    network under ``heart_net`` (``diffatlas.heart_net``; None when it has none). ICMD samples
     with the plan of ``sampler_cfg`` and the seed of ``inference``; ICF, a feedforward network, ignores both."""
     options = sampling_options(sampler_cfg, inference)
     ckpt = load_checkpoint(path)
-    stored = {**ckpt["config"], "localiser": list(ckpt.get("localiser") or [])}
+    stored = {**ckpt["config"], "localiser": list(ckpt.get("localiser") or []), "heart_net": ckpt.get("heart_net")}
     method = stored.get("method", "DiffAtlas")
     if method == "DiffAtlas":
         if "structures" not in stored or "model" not in stored:
@@ -305,13 +308,16 @@ class Segmenter:
             a re-centring pass after the atlases cost 3 Dice points, README).
         postprocess: ``Postprocessing``, or its config ``{largest_component: [...], fill_holes: [...]}``.
         atlases: localiser atlases for ``roi=auto`` (``diffatlas.localise``; a checkpoint's ``localiser``).
+        heart_net: the network that outlines the heart around the registered one (``diffatlas.heart_net``; a
+            checkpoint's ``heart_net``); without it the registration's box is used.
     """
 
     def __init__(self, model: GridModel, preparation: Mapping[str, Any], *, roi: str = "auto", roi_passes: int = 1,
                  postprocess: Postprocessing | Mapping[str, Any] | None = None,
-                 atlases: Sequence[LocaliserAtlas] = ()):
+                 atlases: Sequence[LocaliserAtlas] = (), heart_net: HeartNet | None = None):
         self.model = model
         self.atlases = list(atlases)
+        self.heart_net = heart_net
         self.roi = parse_option(Roi, roi, "roi").value
         if int(roi_passes) < 1:
             raise ValueError(f"roi_passes must be >= 1, got {roi_passes}")
@@ -350,8 +356,9 @@ class Segmenter:
         sampler_cfg = dict(DEFAULT_SAMPLER if sampler is None else sampler)
         model, stored = load_grid_model(path, sampler_cfg, resolve_device(device), sampling)
         atlases = [LocaliserAtlas.from_record(record) for record in stored["localiser"]]
+        heart_net = HeartNet.from_record(stored["heart_net"]) if stored.get("heart_net") else None
         return cls(model, checkpoint_preparation(stored), roi=roi, roi_passes=roi_passes, postprocess=postprocess,
-                   atlases=atlases)
+                   atlases=atlases, heart_net=heart_net)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Segmenter":
@@ -370,6 +377,8 @@ class Segmenter:
     def describe(self) -> dict[str, Any]:
         """The settings that decide the label maps, for reports."""
         localiser = f"{len(self.atlases)} registered atlases" if self.atlases else "the model's whole-scan pass"
+        if self.atlases and self.heart_net is not None:
+            localiser += " and a heart network"
         return {**self.model.describe(), "roi": self.roi, "roi_passes": self.roi_passes,
                 **({"localiser": localiser} if self.roi == Roi.AUTO.value else {}),
                 "postprocess": self.postprocess.describe()}
@@ -424,7 +433,8 @@ class Segmenter:
             return grid
         first = 0
         if self.atlases:
-            mask = locate(oriented, self.atlases, case_id=case_id)
+            mask = locate(oriented, self.atlases, case_id=case_id,
+                          outline=None if self.heart_net is None else self.heart_net.outline)
             if mask is None:
                 log.warning("%s: no localiser atlas found the heart; the model's whole-scan pass is used", case_id)
             else:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
+from diffatlas.segmenter import Segmenter
 from tests.raw_fixtures import write_nnunet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +85,15 @@ def test_nnunet_raw_to_native_scores(tmp_path):
     dataset = ["dataset=acdc_ed", f"dataset.root={data}", "split=2shot"]
     ckpt_dir = tmp_path / "model"
     _run("diffatlas.train", *dataset, *TINY_MODEL, f"checkpoint_dir={ckpt_dir}", "training.steps=2",
-         "training.batch_size=2", "device=cpu", f"hydra.run.dir={tmp_path}/t")
+         "training.batch_size=2", "heart_net.steps=2", "heart_net.base_channels=4", "device=cpu",
+         f"hydra.run.dir={tmp_path}/t")
+    # raw scans behind the data: the checkpoint keeps localiser atlases and the heart network trained on them
+    stored = torch.load(ckpt_dir / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert [r["case"] for r in stored["localiser"]] == sorted(json.loads((data / "splits" / "2shot.json").read_text(
+        encoding="utf-8"))["train"]) and stored["heart_net"]["settings"]["steps"] == 2
+    seg = Segmenter.from_checkpoint(ckpt_dir / "checkpoint_last.pt", device="cpu", sampler={"plan": "ddim",
+                                    "num_steps": 2, "eta": 0.0, "start_t": None})
+    assert seg.describe()["localiser"] == "2 registered atlases and a heart network"
     run_dir = tmp_path / "test"
     done = _run("diffatlas.test", *dataset, f"checkpoint={ckpt_dir}/checkpoint_last.pt", "sampler=ddim",
                 "sampler.num_steps=2", "device=cpu", f"hydra.run.dir={run_dir}")
@@ -97,3 +107,6 @@ def test_nnunet_raw_to_native_scores(tmp_path):
     assert pred.shape == scan.shape and np.allclose(pred.affine, scan.affine, atol=1e-4)
     rows = (run_dir / "per_case.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(rows) == 1 + 2 * 3 and sum(",native," in row for row in rows) == 3
+    # label-free: registration, then the heart network, then the model, back on the scan's own grid
+    result = seg.segment_file(raw / "imagesTr" / f"{case}_0000.nii.gz")
+    assert result.labels.shape == scan.shape and result.grid.size == (16, 16, 16)

@@ -123,3 +123,43 @@ def test_the_found_box_leans_towards_the_atlas_heart_size():
     assert box.sum() == 10 * 5 * 3
     same = _sized_box(_image(heart.astype(np.float32), (2.0, 2.0, 2.0)), heart, atlas_extent_mm=40.0)
     assert np.array_equal(same, heart)
+
+
+def test_a_heart_network_that_finds_nothing_leaves_the_registration_box(caplog):
+    """``locate`` with ``outline``: an untrained heart network (its output layer starts at zero, probability 0.5
+    everywhere, so nothing above 0.5) outlines no heart, and the registration's sized box is kept, with a warning."""
+    from diffatlas.heart_net import HeartNet, HeartNetSettings
+    atlases = []
+    for seed in (1, 2):
+        image, label = _torso((0, 0), seed)
+        atlases.append(make_atlas(f"atlas{seed}", _image(image), _image(label), (16, 16, 16)))
+    untrained = HeartNet.train(atlases, HeartNetSettings(steps=0, base_channels=4))
+    image, _ = _torso((7, -5), seed=3)
+    with caplog.at_level("WARNING", logger="diffatlas.localise"):
+        found = locate(_image(image), atlases, case_id="target", outline=untrained.outline)
+    assert "target: the heart network found no heart" in caplog.text
+    assert np.array_equal(found, locate(_image(image), atlases, case_id="target"))
+
+
+def test_an_outline_far_from_the_registered_heart_is_not_trusted(caplog):
+    """``outline`` is any callable; one that answers a box moved far from the registered heart (past
+    ``MAX_OUTLINE_SHIFT_MM``) is set aside for the registration's box, one moved 6 mm is taken."""
+    from diffatlas.localise import MAX_OUTLINE_SHIFT_MM
+    image, label = _torso((0, 0), seed=1)
+    atlases = [make_atlas("torso", _image(image), _image(label))]
+    target, _ = _torso((7, -5), seed=3)
+    registered = locate(_image(target), atlases, case_id="target")
+
+    def moved_by(voxels):
+        def outline(oriented, box):
+            return np.roll(box, voxels, axis=0)
+        return outline
+
+    assert 6.0 < MAX_OUTLINE_SHIFT_MM < 35.0
+    with caplog.at_level("WARNING", logger="diffatlas.localise"):
+        far = locate(_image(target), atlases, case_id="target", outline=moved_by(30))     # 45 mm, part wrapped
+        near = locate(_image(target), atlases, case_id="target", outline=moved_by(4))     # 4 x 1.5 mm
+    assert np.array_equal(far, registered)
+    assert caplog.text.count("target: the heart network outlined something") == 1
+    assert f"mm from the registered heart (more than {MAX_OUTLINE_SHIFT_MM:.0f} mm)" in caplog.text
+    assert np.array_equal(near, np.roll(registered, 4, axis=0))
