@@ -310,13 +310,14 @@ def test_test_command_scores_raw_scans_with_roi_auto_and_writes_the_qc_report_wi
         write_dataset_splits(data, data / "splits", seed=0, test_fraction=0.5, shots=[2], val_count=0)
         common = ["dataset=acdc_ed", f"dataset.root={data}", "split=2shot", "device=cpu"]
         train(to_plain(compose("train", overrides=[*common, *TINY_MODEL, f"checkpoint_dir={tmp_path}/model",
-                                                   "training.steps=2", "training.batch_size=2"])))
+                                                   "training.steps=2", "training.batch_size=2",
+                                                   "heart_net.steps=2", "heart_net.base_channels=4"])))
         cfg = to_plain(compose("test", overrides=[*common, f"checkpoint={tmp_path}/model/checkpoint_last.pt",
                                                   "sampler=ddim", "sampler.num_steps=2", "inference.roi=auto",
                                                   "inference.postprocess.largest_component=all"]))
     summary = test(cfg, tmp_path / "run")
     assert summary["space"] == "native" and summary["sampler"]["roi"] == "auto"
-    assert summary["sampler"]["localiser"] == "2 registered atlases"   # the two training scans, from the checkpoint
+    assert summary["sampler"]["localiser"] == "2 registered atlases and a heart network"   # from the checkpoint
     assert summary["sampler"]["postprocess"]["largest_component"] == ["RV", "Myo", "LV"]
     cases = json.loads((data / "splits" / "2shot.json").read_text(encoding="utf-8"))["test"]
     assert summary["num_cases"] == len(cases) == 2
