@@ -141,10 +141,9 @@ def test_a_heart_network_that_finds_nothing_leaves_the_registration_box(caplog):
     assert np.array_equal(found, locate(_image(image), atlases, case_id="target"))
 
 
-def test_an_outline_far_from_the_registered_heart_is_not_trusted(caplog):
-    """``outline`` is any callable; one that answers a box moved far from the registered heart (past
-    ``MAX_OUTLINE_SHIFT_MM``) is set aside for the registration's box, one moved 6 mm is taken."""
-    from diffatlas.localise import MAX_OUTLINE_SHIFT_MM
+def test_the_heart_networks_outline_is_taken_near_or_far(caplog):
+    """``outline`` is any callable; what it answers is the crop however far it moved from the registered heart (the
+    registration can miss by more than the network: see ``locate``), and the move is logged."""
     image, label = _torso((0, 0), seed=1)
     atlases = [make_atlas("torso", _image(image), _image(label))]
     target, _ = _torso((7, -5), seed=3)
@@ -155,11 +154,9 @@ def test_an_outline_far_from_the_registered_heart_is_not_trusted(caplog):
             return np.roll(box, voxels, axis=0)
         return outline
 
-    assert 6.0 < MAX_OUTLINE_SHIFT_MM < 35.0
-    with caplog.at_level("WARNING", logger="diffatlas.localise"):
+    with caplog.at_level("INFO", logger="diffatlas.localise"):
         far = locate(_image(target), atlases, case_id="target", outline=moved_by(30))     # 45 mm, part wrapped
         near = locate(_image(target), atlases, case_id="target", outline=moved_by(4))     # 4 x 1.5 mm
-    assert np.array_equal(far, registered)
-    assert caplog.text.count("target: the heart network outlined something") == 1
-    assert f"mm from the registered heart (more than {MAX_OUTLINE_SHIFT_MM:.0f} mm)" in caplog.text
+    assert np.array_equal(far, np.roll(registered, 30, axis=0))
     assert np.array_equal(near, np.roll(registered, 4, axis=0))
+    assert "target: the heart network's outline is centred 6 mm from the registered box's" in caplog.text
