@@ -383,7 +383,7 @@ class Segmenter:
                 **({"localiser": localiser} if self.roi == Roi.AUTO.value else {}),
                 "postprocess": self.postprocess.describe()}
 
-    def _crop(self, oriented: sitk.Image, foreground: np.ndarray | None) -> Grid:
+    def crop(self, oriented: sitk.Image, foreground: np.ndarray | None) -> Grid:
         """The model grid over ``oriented``: the training crop around ``foreground`` (an ``(i, j, k)`` mask on
         ``oriented``), or the whole scan when it is None."""
         if foreground is None:
@@ -415,19 +415,19 @@ class Segmenter:
     def _locate(self, oriented: sitk.Image, case_id: str, box: Sequence[Sequence[int]] | None,
                 reference: sitk.Image | None, scan: sitk.Image) -> Grid:
         if self.roi == Roi.WHOLE.value:
-            return self._crop(oriented, None)
+            return self.crop(oriented, None)
         if self.roi == Roi.LABEL.value:
             if reference is None:
                 raise ValueError(f"{case_id}: roi=label needs the reference label")
             mask = geometry.to_array(sitk.DICOMOrient(reference, self.orientation)) > 0
             if not mask.any():
                 raise ValueError(f"{case_id}: the reference label is empty, so there is no box to crop around")
-            return self._crop(oriented, mask)
+            return self.crop(oriented, mask)
         if self.roi == Roi.BOX.value:
             if box is None:
                 raise ValueError(f"{case_id}: roi=box but no box was given (box_file has no entry for it)")
-            return self._crop(oriented, _box_mask(scan, box, case_id, self.orientation))
-        grid = self._crop(oriented, None)
+            return self.crop(oriented, _box_mask(scan, box, case_id, self.orientation))
+        grid = self.crop(oriented, None)
         if not self.atlases and self._framed_like_training(grid):
             log.info("%s: the scan is the size of the training crops; segmented whole, without a coarse pass", case_id)
             return grid
@@ -438,7 +438,7 @@ class Segmenter:
             if mask is None:
                 log.warning("%s: no localiser atlas found the heart; the model's whole-scan pass is used", case_id)
             else:
-                grid, first = self._crop(oriented, mask), 1
+                grid, first = self.crop(oriented, mask), 1
         for npass in range(first, self.roi_passes):
             labels, _ = self.model.segment_grid(self._on_grid(oriented, grid), case_id)
             mask = self._foreground_on(labels, grid, oriented)
@@ -446,7 +446,7 @@ class Segmenter:
                 log.warning("%s: the coarse pass %d found no heart; keeping the %s crop", case_id, npass + 1,
                             "whole-scan" if npass == 0 else "previous")
                 break
-            grid = self._crop(oriented, mask)
+            grid = self.crop(oriented, mask)
         return grid
 
     def segment_image(self, scan: sitk.Image, case_id: str = "scan", *, box: Sequence[Sequence[int]] | None = None,

@@ -110,3 +110,20 @@ def test_nnunet_raw_to_native_scores(tmp_path):
     # label-free: registration, then the heart network, then the model, back on the scan's own grid
     result = seg.segment_file(raw / "imagesTr" / f"{case}_0000.nii.gz")
     assert result.labels.shape == scan.shape and result.grid.size == (16, 16, 16)
+    # the localisation benchmark frames the two cases that neither trained nor tested the 2-shot model
+    splits = data / "splits"
+    bench = [sys.executable, str(ROOT / "benchmarks" / "localisation.py"), str(ckpt_dir / "checkpoint_last.pt"),
+             "--data", str(data), "--split", str(splits / "all.json"), "--exclude", str(splits / "2shot.json")]
+    done = subprocess.run([*bench, "--json", str(tmp_path / "loc.json")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    framed = json.loads((tmp_path / "loc.json").read_text(encoding="utf-8"))
+    two_shot = json.loads((splits / "2shot.json").read_text(encoding="utf-8"))
+    assert sorted(framed) == sorted({f"pat{n}" for n in range(5)} - set(two_shot["train"]) - set(two_shot["test"]))
+    for crops in framed.values():
+        assert set(crops) == {"registration", "registration + heart network"}
+        assert all(distance >= 0 and ratio > 0 for distance, ratio in crops.values())
+    assert "| registration + heart network |" in done.stdout and "2 cases" in done.stdout
+    missing = subprocess.run([*bench[:-2], "--exclude", str(splits / "none.json")], capture_output=True, text=True,
+                             cwd=ROOT, timeout=600)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and len(missing.stderr.splitlines()) == 1
