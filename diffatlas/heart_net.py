@@ -131,14 +131,17 @@ class HeartNet:
             x = torch.from_numpy(scale_region(region))[None, None].to(device)
             return torch.sigmoid(self.net(x))[0, 0].float().cpu().numpy()
 
-    def outline(self, oriented: sitk.Image, heart: np.ndarray) -> np.ndarray | None:
-        """The heart outlined in the region around ``heart`` (a mask on ``oriented``, e.g. the registration's), as
-        a mask on ``oriented``'s voxels: the largest component of probability > 0.5. None when it finds none."""
+    def outline(self, oriented: sitk.Image, heart: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """The heart outlined in the region around ``heart`` (a mask on ``oriented``, e.g. the registration's): the
+        largest component of probability > 0.5, as a mask on ``oriented``'s voxels, and the network's confidence in
+        it (its mean probability there). None when it finds none."""
         grid = local_grid(oriented, heart, self.shape)
-        found = self.probability(_level(oriented, grid).image) > 0.5
-        if not found.any():
+        probability = self.probability(_level(oriented, grid).image)
+        if not (probability > 0.5).any():
             return None
-        return _on_scan(oriented, largest_component(found), grid)
+        found = largest_component(probability > 0.5)
+        on_scan = _on_scan(oriented, found, grid)
+        return None if on_scan is None else (on_scan, float(probability[found].mean()))
 
     def to_record(self) -> dict[str, Any]:
         """Weights and settings, for a checkpoint."""

@@ -64,8 +64,10 @@ def test_it_outlines_a_larger_heart_than_it_saw(trained):
     truth = label > 0
     registered = np.zeros_like(truth)                              # a registration's box: off by 2 voxels, too small
     registered[21 - 3:21 + 6, 18 - 3:18 + 6, 5:12] = True
-    found = trained.outline(_image(image), registered)
-    assert found is not None and found.shape == truth.shape
+    outlined = trained.outline(_image(image), registered)
+    assert outlined is not None
+    found, confidence = outlined
+    assert found.shape == truth.shape and 0.5 < confidence <= 1.0       # the mean probability over what it outlined
     # every side of its box lies within one voxel of the region's grid (5.5 mm here) of the true box's; the box it
     # started from was 4-8 mm short on every side
     truth_box = np.concatenate(geometry.mask_bounds(truth)) * np.tile(SPACING, 2)

@@ -151,7 +151,7 @@ def test_the_heart_networks_outline_is_taken_near_or_far(caplog):
 
     def moved_by(voxels):
         def outline(oriented, box):
-            return np.roll(box, voxels, axis=0)
+            return np.roll(box, voxels, axis=0), 0.9
         return outline
 
     with caplog.at_level("INFO", logger="diffatlas.localise"):
@@ -159,4 +159,32 @@ def test_the_heart_networks_outline_is_taken_near_or_far(caplog):
         near = locate(_image(target), atlases, case_id="target", outline=moved_by(4))     # 4 x 1.5 mm
     assert np.array_equal(far, np.roll(registered, 30, axis=0))
     assert np.array_equal(near, np.roll(registered, 4, axis=0))
-    assert "target: the heart network's outline is centred 6 mm from the registered box's" in caplog.text
+    assert "target: the heart network's outline around atlas torso's box (NCC" in caplog.text
+    assert "confidence 0.900) is centred 6 mm from it" in caplog.text
+
+
+def test_the_most_confident_outline_of_the_atlases_that_fit_nearly_as_well_is_taken(monkeypatch):
+    """Each atlas's best fit within ``NEAR_BEST`` of the best is outlined, and the outline the network is surest of
+    wins; an atlas that fits worse than that is not outlined."""
+    import diffatlas.localise as localise
+    atlases = []
+    for seed in (1, 2):
+        image, label = _torso((0, 0), seed)
+        atlases.append(make_atlas(f"atlas{seed}", _image(image), _image(label)))
+    target, _ = _torso((7, -5), seed=3)
+    fits = localise._best_per_atlas(fit_atlases(_image(target), atlases))
+    assert [fit.score for fit in fits] == sorted((fit.score for fit in fits), reverse=True) and len(fits) == 2
+    boxes = [localise._fit_box(_image(target), fit, atlases) for fit in fits]
+    asked = []
+
+    def surer_each_time(oriented, box):                       # the n-th outline: moved n voxels, confidence 0.7 + n / 10
+        asked.append(box)
+        return np.roll(box, len(asked), axis=0), 0.7 + len(asked) / 10
+
+    monkeypatch.setattr(localise, "NEAR_BEST", fits[0].score - fits[1].score + 0.01)
+    assert np.array_equal(locate(_image(target), atlases, outline=surer_each_time), np.roll(boxes[1], 2, axis=0))
+    assert len(asked) == 2 and all(np.array_equal(a, b) for a, b in zip(asked, boxes))    # the best fit first
+    monkeypatch.setattr(localise, "NEAR_BEST", fits[0].score - fits[1].score - 0.01)
+    asked.clear()
+    assert np.array_equal(locate(_image(target), atlases, outline=surer_each_time), np.roll(boxes[0], 1, axis=0))
+    assert len(asked) == 1
