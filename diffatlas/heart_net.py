@@ -4,8 +4,8 @@ Registration places the heart well (median 9.5 mm from the label crop's centre o
 an affine fit of a whole atlas scan spends its scale on the chest, not on the heart. A network trained on the
 localiser atlases' heart regions (``LocaliserAtlas.local``: the label's box plus ``LOCAL_MARGIN_MM``, on a
 ``ATLAS_SHAPE`` cube grid) with wide random shifts and zooms learns to outline the heart itself. At test time it
-runs once on the same kind of region around the registered heart, and the box of its largest component is the
-crop. It is trained beside the denoiser, from the same training cases (``python -m diffatlas.train``), and kept in
+runs on the same kind of region around the registered heart (and around another atlas's, when that fits nearly
+as well: ``localise.locate``), and the box of its largest component where it is surest is the crop. It is trained beside the denoiser, from the same training cases (``python -m diffatlas.train``), and kept in
 the checkpoint under ``heart_net``.
 """
 

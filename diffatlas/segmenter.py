@@ -8,7 +8,8 @@ orientation.
 Crops (``roi``):
 
 * ``auto``: label-free. The checkpoint's localiser atlases are registered to the scan (``diffatlas.localise``) and
-  its heart network outlines the heart in the region around the best fit's (``diffatlas.heart_net``); that heart,
+  its heart network outlines the heart in the region around the best fit's, and around any other atlas's that fits
+  nearly as well, keeping the outline it is surest of (``diffatlas.heart_net``); that heart,
   plus the training crop's margin (``crop.margin_mm``, or its fixed size), sets the crop.
   Without atlases a coarse pass of the model segments the whole scan resampled onto the model grid and the
   largest connected part of its foreground sets the crop the same way; a scan already the size of fixed-size
