@@ -1,7 +1,8 @@
 """How far the label-free crop (``roi=auto``) lands from the label crop, per case and in summary, without sampling.
 
-    python benchmarks/localisation.py CHECKPOINT --data outputs/data/acdc_ed --split outputs/data/acdc_ed/splits/all.json \
-        [--exclude outputs/data/acdc_ed/splits/2shot.json] [--json per_case.json]
+    python benchmarks/localisation.py CHECKPOINT --data outputs/data/acdc_ed \
+        --split outputs/data/acdc_ed/splits/all.json [--exclude outputs/data/acdc_ed/splits/2shot.json] \
+        [--json per_case.json]
 
 The cases are the test list of ``--split`` less every case (train or test) of each ``--exclude`` split: with the
 command above, the ACDC cases that a 2-shot model neither trained nor was tested on. Each case's scan is read from

@@ -5,8 +5,9 @@ an affine fit of a whole atlas scan spends its scale on the chest, not on the he
 localiser atlases' heart regions (``LocaliserAtlas.local``: the label's box plus ``LOCAL_MARGIN_MM``, on a
 ``ATLAS_SHAPE`` cube grid) with wide random shifts and zooms learns to outline the heart itself. At test time it
 runs on the same kind of region around the registered heart (and around another atlas's, when that fits nearly
-as well: ``localise.locate``), and the box of its largest component where it is surest is the crop. It is trained beside the denoiser, from the same training cases (``python -m diffatlas.train``), and kept in
-the checkpoint under ``heart_net``.
+as well: ``localise.locate``), and the box of its largest component where it is surest is the crop. It is trained
+beside the denoiser, from the same training cases (``python -m diffatlas.train``), and kept in the checkpoint under
+``heart_net``.
 """
 
 from __future__ import annotations

@@ -282,7 +282,7 @@ def fit_atlases(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: i
     return sorted(fits, key=lambda fit: -fit.score)
 
 
-Outline = Callable[[sitk.Image, np.ndarray], "tuple[np.ndarray, float] | None"]   # a heart and a confidence
+Outline = Callable[[sitk.Image, np.ndarray], tuple[np.ndarray, float] | None]   # a heart and a confidence
 
 
 def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 0, case_id: str = "scan",

@@ -177,7 +177,7 @@ def test_the_most_confident_outline_of_the_atlases_that_fit_nearly_as_well_is_ta
     boxes = [localise._fit_box(_image(target), fit, atlases) for fit in fits]
     asked = []
 
-    def surer_each_time(oriented, box):                       # the n-th outline: moved n voxels, confidence 0.7 + n / 10
+    def surer_each_time(oriented, box):          # the n-th outline asked for: moved n voxels, confidence 0.7 + n / 10
         asked.append(box)
         return np.roll(box, len(asked), axis=0), 0.7 + len(asked) / 10
 
