@@ -11,7 +11,8 @@ caught on the wrong structure), the atlases are registered again from starts mov
 the best-scoring fit's heart, its largest side pulled to the geometric mean of its own and the atlas heart's (the
 registration's scale is its least certain part), plus the training margin, is the crop, which the model may then
 re-centre (``roi_passes``). A checkpoint with a heart network (``diffatlas.heart_net``) outlines the heart in the
-region around the best fit's instead, and its box sets the crop.
+region around the best fit's instead (and around any other atlas's that fits nearly as well, ``NEAR_BEST``), and
+the box of its most confident outline sets the crop.
 
 A generative atlas only knows hearts at the scale and place it was trained on: run on a whole scan shrunk onto its
 grid it draws a heart of the training size wherever it likes, so its own coarse pass is kept only for checkpoints
