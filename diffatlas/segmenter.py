@@ -307,6 +307,8 @@ class Segmenter:
             scan (or, without atlases, runs the model on the whole scan), each further one runs the model on the
             crop found so far and re-centres the crop on its foreground (default 1: on the ACDC 2-shot test cases
             a re-centring pass after the atlases cost 3 Dice points, README).
+        roi_margin_mm: ``roi=auto``: millimetres added to the training crop's margin around the heart found, for
+            the localiser's error (a training crop of fixed size is kept as it is).
         postprocess: ``Postprocessing``, or its config ``{largest_component: [...], fill_holes: [...]}``.
         atlases: localiser atlases for ``roi=auto`` (``diffatlas.localise``; a checkpoint's ``localiser``).
         heart_net: the network that outlines the heart around the registered one (``diffatlas.heart_net``; a
@@ -314,7 +316,7 @@ class Segmenter:
     """
 
     def __init__(self, model: GridModel, preparation: Mapping[str, Any], *, roi: str = "auto", roi_passes: int = 1,
-                 postprocess: Postprocessing | Mapping[str, Any] | None = None,
+                 roi_margin_mm: float = 0.0, postprocess: Postprocessing | Mapping[str, Any] | None = None,
                  atlases: Sequence[LocaliserAtlas] = (), heart_net: HeartNet | None = None):
         self.model = model
         self.atlases = list(atlases)
@@ -323,6 +325,9 @@ class Segmenter:
         if int(roi_passes) < 1:
             raise ValueError(f"roi_passes must be >= 1, got {roi_passes}")
         self.roi_passes = int(roi_passes)
+        if not float(roi_margin_mm) >= 0.0:
+            raise ValueError(f"roi_margin_mm must be >= 0, got {roi_margin_mm}")
+        self.roi_margin_mm = float(roi_margin_mm)
         self.modality = str(preparation["modality"])
         self.intensity = dict(preparation["intensity"])
         self.orientation = str(preparation.get("orientation") or geometry.ORIENTATION)
@@ -337,7 +342,7 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", *, sampler: Mapping[str, Any] | None = None,
-                        roi: str = "auto", roi_passes: int = 1,
+                        roi: str = "auto", roi_passes: int = 1, roi_margin_mm: float = 0.0,
                         postprocess: Postprocessing | Mapping[str, Any] | None = None,
                         **sampling: Any) -> "Segmenter":
         """A segmenter around a checkpoint's EMA weights: DiffAtlas, ICF or ICMD (``load_grid_model``).
@@ -347,7 +352,7 @@ class Segmenter:
                 written by ``python -m diffatlas.compare`` (in ``Model/<run>/icf/``, ``Model/<run>/icmd/``).
             device: ``auto``, ``cpu`` or ``cuda``.
             sampler: a sampler config, the timestep plan (``configs/sampler/``); default ``DEFAULT_SAMPLER``.
-            roi, roi_passes, postprocess: see the class.
+            roi, roi_passes, roi_margin_mm, postprocess: see the class.
             sampling: the per-case settings of the ``inference`` group, ``DiffAtlasSegmenter.CASE_KEYS``: ``seed``,
                 ``ensemble_size``, ``fusion``, ``uncertainty``, ``guidance_scale``, ``guidance_window``, ``bf16``.
         """
@@ -358,8 +363,8 @@ class Segmenter:
         model, stored = load_grid_model(path, sampler_cfg, resolve_device(device), sampling)
         atlases = [LocaliserAtlas.from_record(record) for record in stored["localiser"]]
         heart_net = HeartNet.from_record(stored["heart_net"]) if stored.get("heart_net") else None
-        return cls(model, checkpoint_preparation(stored), roi=roi, roi_passes=roi_passes, postprocess=postprocess,
-                   atlases=atlases, heart_net=heart_net)
+        return cls(model, checkpoint_preparation(stored), roi=roi, roi_passes=roi_passes, roi_margin_mm=roi_margin_mm,
+                   postprocess=postprocess, atlases=atlases, heart_net=heart_net)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "Segmenter":
@@ -369,6 +374,7 @@ class Segmenter:
         sampling = {k: inference[k] for k in DiffAtlasSegmenter.CASE_KEYS if inference.get(k) is not None}
         return cls.from_checkpoint(cfg["checkpoint"], cfg["device"], sampler=cfg["sampler"], roi=inference["roi"],
                                    roi_passes=int(inference.get("roi_passes", 1)),
+                                   roi_margin_mm=float(inference.get("roi_margin_mm") or 0.0),
                                    postprocess=inference.get("postprocess"), **sampling)
 
     @property
@@ -381,16 +387,16 @@ class Segmenter:
         if self.atlases and self.heart_net is not None:
             localiser += " and a heart network"
         return {**self.model.describe(), "roi": self.roi, "roi_passes": self.roi_passes,
-                **({"localiser": localiser} if self.roi == Roi.AUTO.value else {}),
+                **({"localiser": localiser, "roi_margin_mm": self.roi_margin_mm} if self.roi == Roi.AUTO.value else {}),
                 "postprocess": self.postprocess.describe()}
 
-    def crop(self, oriented: sitk.Image, foreground: np.ndarray | None) -> Grid:
+    def crop(self, oriented: sitk.Image, foreground: np.ndarray | None, extra_mm: float = 0.0) -> Grid:
         """The model grid over ``oriented``: the training crop around ``foreground`` (an ``(i, j, k)`` mask on
-        ``oriented``), or the whole scan when it is None."""
+        ``oriented``) with ``extra_mm`` more margin, or the whole scan when it is None."""
         if foreground is None:
             spec = CropSpec(mode="whole", cube=True)
         else:
-            spec = CropSpec(mode="label", margin_mm=self.margin_mm, cube=self.cube, size_mm=self.size_mm)
+            spec = CropSpec(mode="label", margin_mm=self.margin_mm + extra_mm, cube=self.cube, size_mm=self.size_mm)
         return geometry.crop_grid(oriented, self.model.shape, spec, foreground)
 
     def _framed_like_training(self, whole: Grid) -> bool:
@@ -439,7 +445,7 @@ class Segmenter:
             if mask is None:
                 log.warning("%s: no localiser atlas found the heart; the model's whole-scan pass is used", case_id)
             else:
-                grid, first = self.crop(oriented, mask), 1
+                grid, first = self.crop(oriented, mask, self.roi_margin_mm), 1
         for npass in range(first, self.roi_passes):
             labels, _ = self.model.segment_grid(self._on_grid(oriented, grid), case_id)
             mask = self._foreground_on(labels, grid, oriented)
@@ -447,7 +453,7 @@ class Segmenter:
                 log.warning("%s: the coarse pass %d found no heart; keeping the %s crop", case_id, npass + 1,
                             "whole-scan" if npass == 0 else "previous")
                 break
-            grid = self.crop(oriented, mask)
+            grid = self.crop(oriented, mask, self.roi_margin_mm)
         return grid
 
     def segment_image(self, scan: sitk.Image, case_id: str = "scan", *, box: Sequence[Sequence[int]] | None = None,

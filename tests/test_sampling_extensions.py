@@ -227,7 +227,7 @@ def test_sampler_configs_hold_the_timestep_plan_only(name, tmp_path):
 
 
 def test_the_inference_group_holds_every_per_case_setting_and_reaches_the_sampler():
-    keys = set(DiffAtlasSegmenter.CASE_KEYS) | {"roi", "roi_passes", "postprocess"}
+    keys = set(DiffAtlasSegmenter.CASE_KEYS) | {"roi", "roi_passes", "roi_margin_mm", "postprocess"}
     default = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "inference" / "default.yaml"))
     assert set(default) == keys and default["roi"] == "label"
     assert default["postprocess"] == {"largest_component": [], "fill_holes": []}
