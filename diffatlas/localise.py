@@ -12,7 +12,7 @@ the best-scoring fit's heart, its largest side pulled to the geometric mean of i
 registration's scale is its least certain part), plus the training margin, is the crop, which the model may then
 re-centre (``roi_passes``). A checkpoint with a heart network (``diffatlas.heart_net``) outlines the heart in the
 region around the best fit's instead (and around any other atlas's that fits nearly as well, ``NEAR_BEST``), and
-the box of its most confident outline sets the crop, unless even that outline is unsure (``MIN_CONFIDENCE``).
+the box of its most confident outline sets the crop.
 
 A generative atlas only knows hearts at the scale and place it was trained on: run on a whole scan shrunk onto its
 grid it draws a heart of the training size wherever it likes, so its own coarse pass is kept only for checkpoints
@@ -43,7 +43,6 @@ RETRY_BELOW = 0.35        # best fit's NCC under which the whole-scan registrati
 RETRY_SHIFT_MM = 30.0     # how far those starts move the atlas along each axis
 SIZE_PRIOR = 0.5          # weight of the atlas heart's own size in the found heart's (0: the registration's alone)
 NEAR_BEST = 0.1           # NCC below the best fit within which another atlas's best fit is outlined as well
-MIN_CONFIDENCE = 0.93     # the heart network's mean probability over an outline below which it is not taken
 
 
 @dataclass(frozen=True)
@@ -295,10 +294,8 @@ def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 
     Without ``outline``: the box of the heart of the atlas that fits the scan best (``fit_atlases``), sized by
     ``_sized_box``. With ``outline`` (``HeartNet.outline``: the heart it finds around a box, and its confidence),
     each atlas's best fit scoring within ``NEAR_BEST`` of the best is outlined, and the most confident outline is
-    the heart (the best fit's box when none finds one, or when even the most confident is under ``MIN_CONFIDENCE``:
-    on the 77 ACDC cases outside the 2-shot split, every outline of the default network that unsure lay more than
-    25 mm from the heart). Two atlases can fit about as well in different places (ACDC patient063: NCC 0.45 at
-    129 mm from the heart, 0.42 at 34 mm), and the network is surer of the heart.
+    the heart (the best fit's box when none finds one). Two atlases can fit about as well in different places
+    (ACDC patient063: NCC 0.45 at 129 mm from the heart, 0.42 at 34 mm), and the network is surer of the heart.
     The outline is taken however far it lies from its box: on the 77 ACDC cases outside the 2-shot split, each
     outline more than 30 mm from its box lay nearer the heart than the box did."""
     fits = fit_atlases(oriented, atlases, seed, case_id)
@@ -320,10 +317,6 @@ def locate(oriented: sitk.Image, atlases: Sequence[LocaliserAtlas], seed: int = 
                     case_id)
         return box
     confidence, fit, fit_box, heart = max(found, key=lambda item: item[0])
-    if confidence < MIN_CONFIDENCE:
-        log.warning("%s: the heart network is unsure of its outline (confidence %.3f < %.2f); the registration's box "
-                    "is used", case_id, confidence, MIN_CONFIDENCE)
-        return box
     moved = float(np.linalg.norm((np.mean(geometry.mask_bounds(heart), axis=0) -
                                   np.mean(geometry.mask_bounds(fit_box), axis=0)) * np.asarray(oriented.GetSpacing())))
     log.info("%s: the heart network's outline around atlas %s's box (NCC %.2f, confidence %.3f) is centred %.0f mm "

@@ -151,7 +151,7 @@ def test_the_heart_networks_outline_is_taken_near_or_far(caplog):
 
     def moved_by(voxels):
         def outline(oriented, box):
-            return np.roll(box, voxels, axis=0), 0.95
+            return np.roll(box, voxels, axis=0), 0.9
         return outline
 
     with caplog.at_level("INFO", logger="diffatlas.localise"):
@@ -160,26 +160,7 @@ def test_the_heart_networks_outline_is_taken_near_or_far(caplog):
     assert np.array_equal(far, np.roll(registered, 30, axis=0))
     assert np.array_equal(near, np.roll(registered, 4, axis=0))
     assert "target: the heart network's outline around atlas torso's box (NCC" in caplog.text
-    assert "confidence 0.950) is centred 6 mm from it" in caplog.text
-
-
-def test_an_unsure_outline_leaves_the_registration_box(caplog, monkeypatch):
-    """An outline whose confidence (the network's mean probability over it) is under ``MIN_CONFIDENCE`` is not taken:
-    on held-out ACDC cases every such outline lay far from the heart."""
-    import diffatlas.localise as localise
-    image, label = _torso((0, 0), seed=1)
-    atlases = [make_atlas("torso", _image(image), _image(label))]
-    target, _ = _torso((7, -5), seed=3)
-    registered = locate(_image(target), atlases, case_id="target")
-    with caplog.at_level("INFO", logger="diffatlas.localise"):
-        unsure = locate(_image(target), atlases, case_id="target",
-                        outline=lambda oriented, box: (np.roll(box, 20, axis=0), localise.MIN_CONFIDENCE - 0.001))
-    assert np.array_equal(unsure, registered)
-    assert f"target: the heart network is unsure of its outline (confidence {localise.MIN_CONFIDENCE - 0.001:.3f} " \
-           f"< {localise.MIN_CONFIDENCE:.2f}); the registration's box is used" in caplog.text
-    monkeypatch.setattr(localise, "MIN_CONFIDENCE", 0.5)
-    sure_enough = locate(_image(target), atlases, outline=lambda oriented, box: (np.roll(box, 20, axis=0), 0.6))
-    assert np.array_equal(sure_enough, np.roll(registered, 20, axis=0))
+    assert "confidence 0.900) is centred 6 mm from it" in caplog.text
 
 
 def test_the_most_confident_outline_of_the_atlases_that_fit_nearly_as_well_is_taken(monkeypatch):
@@ -196,9 +177,9 @@ def test_the_most_confident_outline_of_the_atlases_that_fit_nearly_as_well_is_ta
     boxes = [localise._fit_box(_image(target), fit, atlases) for fit in fits]
     asked = []
 
-    def surer_each_time(oriented, box):          # the n-th outline asked for: moved n voxels, confidence 0.94 + n / 100
+    def surer_each_time(oriented, box):          # the n-th outline asked for: moved n voxels, confidence 0.7 + n / 10
         asked.append(box)
-        return np.roll(box, len(asked), axis=0), 0.94 + len(asked) / 100
+        return np.roll(box, len(asked), axis=0), 0.7 + len(asked) / 10
 
     monkeypatch.setattr(localise, "NEAR_BEST", fits[0].score - fits[1].score + 0.01)
     assert np.array_equal(locate(_image(target), atlases, outline=surer_each_time), np.roll(boxes[1], 2, axis=0))
