@@ -138,9 +138,10 @@ class HeartNet:
         it (its mean probability there). None when it finds none."""
         grid = local_grid(oriented, heart, self.shape)
         probability = self.probability(_level(oriented, grid).image)
-        if not (probability > 0.5).any():
+        above = probability > 0.5
+        if not above.any():
             return None
-        found = largest_component(probability > 0.5)
+        found = largest_component(above)
         on_scan = _on_scan(oriented, found, grid)
         return None if on_scan is None else (on_scan, float(probability[found].mean()))
 
