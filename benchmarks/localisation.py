@@ -8,7 +8,9 @@ The cases are the test list of ``--split`` less every case (train or test) of ea
 command above, the ACDC cases that a 2-shot model neither trained nor was tested on. Each case's scan is read from
 its native record (so the data must be prepared from raw scans), oriented as the checkpoint was trained, and framed
 as the checkpoint frames it: around the reference label (``roi=label``), around the registered atlas heart, and
-around the heart network's outline where the checkpoint has one. Printed: a line per case, then one Markdown table
+around the heart network's outline where the checkpoint has one, each with the training margin alone (``roi=auto``
+adds ``inference.roi_margin_mm`` to it, 5 mm by default; left out here so that the side compares with the label
+crop's). Printed: a line per case, then one Markdown table
 with the distance between each crop's centre and the label crop's (median, 90th percentile, maximum, cases beyond
 20 mm) and the error of its side (``|log|`` of the side ratio, in %).
 """

@@ -62,6 +62,12 @@ DEFAULT_SAMPLER: dict[str, Any] = {"plan": "ddim", "num_steps": 25, "eta": 0.0, 
 FRAMED_TOLERANCE = 0.1
 """``roi=auto`` segments a scan whole when its largest extent is within this fraction of fixed-size training crops."""
 
+ROI_MARGIN_MM = 5.0
+"""``roi=auto``'s default ``roi_margin_mm``. The localiser sizes hearts a few per cent small more often than large,
+and on ACDC 2-shot a crop slightly wider than the label crop scored best: on the 77 ACDC ED cases outside the
+split, 5 mm narrowed the gap to the label crop from 1.03 and 1.31 Dice points (two checkpoints) to 0.48 and 0.59,
+where 10 mm widened it to 1.60 and 1.39 (``benchmarks/localisation.md``)."""
+
 
 class Roi(str, Enum):
     AUTO = "auto"
@@ -306,9 +312,9 @@ class Segmenter:
         roi_passes: coarse passes of ``roi=auto`` (>= 1): the first registers the localiser ``atlases`` to the
             scan (or, without atlases, runs the model on the whole scan), each further one runs the model on the
             crop found so far and re-centres the crop on its foreground (default 1: on the ACDC 2-shot test cases
-            a re-centring pass after the atlases cost 3 Dice points, README).
+            a re-centring pass after the atlases cost 3 Dice points, ``benchmarks/localisation.md``).
         roi_margin_mm: ``roi=auto``: millimetres added to the training crop's margin around the heart found, for
-            the localiser's error (a training crop of fixed size is kept as it is).
+            the localiser's error (``ROI_MARGIN_MM``; a training crop of fixed size is kept as it is).
         postprocess: ``Postprocessing``, or its config ``{largest_component: [...], fill_holes: [...]}``.
         atlases: localiser atlases for ``roi=auto`` (``diffatlas.localise``; a checkpoint's ``localiser``).
         heart_net: the network that outlines the heart around the registered one (``diffatlas.heart_net``; a
@@ -316,7 +322,7 @@ class Segmenter:
     """
 
     def __init__(self, model: GridModel, preparation: Mapping[str, Any], *, roi: str = "auto", roi_passes: int = 1,
-                 roi_margin_mm: float = 0.0, postprocess: Postprocessing | Mapping[str, Any] | None = None,
+                 roi_margin_mm: float = ROI_MARGIN_MM, postprocess: Postprocessing | Mapping[str, Any] | None = None,
                  atlases: Sequence[LocaliserAtlas] = (), heart_net: HeartNet | None = None):
         self.model = model
         self.atlases = list(atlases)
@@ -342,7 +348,7 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", *, sampler: Mapping[str, Any] | None = None,
-                        roi: str = "auto", roi_passes: int = 1, roi_margin_mm: float = 0.0,
+                        roi: str = "auto", roi_passes: int = 1, roi_margin_mm: float = ROI_MARGIN_MM,
                         postprocess: Postprocessing | Mapping[str, Any] | None = None,
                         **sampling: Any) -> "Segmenter":
         """A segmenter around a checkpoint's EMA weights: DiffAtlas, ICF or ICMD (``load_grid_model``).
@@ -372,9 +378,10 @@ class Segmenter:
         ``inference`` (the per-case settings, the crop and postprocessing; ``configs/inference/``)."""
         inference = dict(cfg["inference"])
         sampling = {k: inference[k] for k in DiffAtlasSegmenter.CASE_KEYS if inference.get(k) is not None}
+        margin = inference.get("roi_margin_mm")
         return cls.from_checkpoint(cfg["checkpoint"], cfg["device"], sampler=cfg["sampler"], roi=inference["roi"],
                                    roi_passes=int(inference.get("roi_passes", 1)),
-                                   roi_margin_mm=float(inference.get("roi_margin_mm") or 0.0),
+                                   roi_margin_mm=ROI_MARGIN_MM if margin is None else float(margin),
                                    postprocess=inference.get("postprocess"), **sampling)
 
     @property

@@ -194,21 +194,26 @@ def test_crops_centre_on_the_heart_at_the_training_scale(roi, tmp_path):
 
 def test_roi_margin_widens_only_the_label_free_crop(tmp_path):
     """``roi_margin_mm`` adds to the training margin around the heart that ``roi=auto`` found (for the localiser's
-    error), on every side; a crop around the reference label keeps the training margin."""
+    error), on every side, 5 mm unless told (the API's default and the config's agree); a crop around the reference
+    label keeps the training margin."""
     path, label, centre, _ = _big_scan(tmp_path)
     prep = {"modality": "ct", "intensity": {"method": "ct_window", "window": [-250, 800]}, "orientation": "RAS",
             "crop": {"mode": "label", "margin_mm": 10.0, "cube": True, "size_mm": None}}
     sides = {}
-    for roi, extra in (("auto", 0.0), ("auto", 15.0), ("label", 15.0)):
+    for roi, extra in (("auto", 0.0), ("auto", None), ("auto", 15.0), ("label", 15.0)):
         model = TrueHeart(label)
-        seg = RecordingSegmenter(model, prep, roi=roi, roi_margin_mm=extra)
+        seg = RecordingSegmenter(model, prep, roi=roi, **({} if extra is None else {"roi_margin_mm": extra}))
         model.use(seg)
         grid = seg.segment_image(read_scan(path), "big", reference=label).grid
         sides[roi, extra] = grid.size[0] * grid.spacing[0]
-        assert seg.describe().get("roi_margin_mm") == (extra if roi == "auto" else None)    # in every run summary
+        assert seg.describe().get("roi_margin_mm") == ((5.0 if extra is None else extra) if roi == "auto" else None)
         # on the heart, to a voxel of the whole-scan pass that found it (200 mm over 16 voxels)
         assert np.abs(np.asarray(grid.blank().TransformContinuousIndexToPhysicalPoint([7.5] * 3)) - centre).max() < 12.5
     assert sides["auto", 15.0] - sides["auto", 0.0] == pytest.approx(30.0, abs=1e-6)
+    assert sides["auto", None] - sides["auto", 0.0] == pytest.approx(10.0, abs=1e-6)
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        for name in ("test", "segment"):
+            assert compose(config_name=name).inference.roi_margin_mm == 5.0
     assert sides["label", 15.0] == pytest.approx(sides["auto", 0.0], abs=200.0 / 32)
     with pytest.raises(ValueError, match="roi_margin_mm must be >= 0, got -1"):
         Segmenter(model, prep, roi="auto", roi_margin_mm=-1)
